@@ -1,0 +1,67 @@
+import dataclasses
+import typing
+
+import pytest
+
+from toolkit import config as config_lib
+from recipes import image
+
+
+def test_overrides_are_parsed_by_declared_type():
+    config = config_lib.build(image.ImageConfig, {
+        "epochs": "3", "base_learning_rate": "0.01", "augment": "false",
+        "optimizer": "sgd", "data_dir": "/data/x"})
+    assert config.epochs == 3 and isinstance(config.epochs, int)
+    assert config.base_learning_rate == 0.01
+    assert config.augment is False
+    assert config.optimizer == "sgd"
+    assert config.data_dir == "/data/x"
+
+
+def test_defaults_are_kept_when_not_overridden():
+    assert config_lib.build(image.ImageConfig, {}) == image.ImageConfig()
+
+
+def test_unknown_key_names_the_nearest_valid_key():
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.build(image.ImageConfig, {"epoch": "2"})
+    assert "unknown config key 'epoch'" in str(error.value)
+    assert "did you mean 'epochs'" in str(error.value)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("epochs", "two", "expects an integer, got 'two'"),
+    ("base_learning_rate", "fast", "expects a number, got 'fast'"),
+    ("augment", "maybe", "expects a boolean"),
+    ("optimizer", "adagrad", "valid values: 'adam', 'adamw', 'sgd'"),
+])
+def test_wrong_type_names_key_value_and_what_is_valid(key, value, expected):
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.build(image.ImageConfig, {key: value})
+    assert key in str(error.value) and expected in str(error.value)
+
+
+@pytest.mark.parametrize("key, value", [("epochs", "0"), ("batch_size_per_worker", "-1"),
+                                        ("channels", "2"), ("base_learning_rate", "0")])
+def test_out_of_range_values_are_rejected(key, value):
+    with pytest.raises(config_lib.ConfigError, match=key):
+        config_lib.build(image.ImageConfig, {key: value})
+
+
+def test_override_syntax_is_checked():
+    assert config_lib.split_overrides(["--epochs=2", "--data-dir=/x=y"]) == {
+        "epochs": "2", "data_dir": "/x=y"}
+    with pytest.raises(config_lib.ConfigError, match="--key=value"):
+        config_lib.split_overrides(["epochs=2"])
+
+
+def test_every_field_has_a_parseable_type():
+    for field_type in config_lib.field_types(image.ImageConfig).values():
+        assert field_type in (int, float, bool, str) or (
+            typing.get_origin(field_type) is typing.Literal)
+
+
+def test_describe_lists_every_key():
+    lines = "\n".join(config_lib.describe(image.ImageConfig))
+    for field in dataclasses.fields(image.ImageConfig):
+        assert f"--{field.name}=" in lines

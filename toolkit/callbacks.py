@@ -1,0 +1,135 @@
+"""Keras callbacks the trainer adds after Horovod's (see distributed.first_callbacks).
+
+None of these performs a collective, so the chief-only ones may safely run on rank 0
+alone; a chief-only callback that allreduced would deadlock the other ranks.
+"""
+
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+
+class Throughput(keras.callbacks.Callback):
+    """Measure training speed; add ``samples_per_second`` (global, and per worker) and
+    ``step_time_ms`` to each epoch's logs, so TensorBoard, History and the summary see them.
+
+    Runs on every rank (it only reads the local clock). The timed span is the epoch's
+    training steps, excluding validation and the first step of the run (graph tracing).
+    """
+
+    def __init__(self, global_batch_size, world_size):
+        super().__init__()
+        self.global_batch_size = global_batch_size
+        self.world_size = world_size
+        self.step_times = []
+        self._step_start = None
+        self._first_step_seen = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step_times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.perf_counter() - self._step_start
+        if self._first_step_seen:
+            self.step_times.append(elapsed)
+        self._first_step_seen = True
+
+    def recent_samples_per_second(self, steps):
+        """Global samples/s over the last ``steps`` timed steps (0 if none yet)."""
+        recent = self.step_times[-steps:]
+        return self.global_batch_size * len(recent) / sum(recent) if recent else 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self.step_times:
+            return
+        samples_per_second = self.global_batch_size * len(self.step_times) / sum(self.step_times)
+        logs["samples_per_second"] = samples_per_second
+        logs["samples_per_second_per_worker"] = samples_per_second / self.world_size
+        logs["step_time_ms"] = 1000.0 * float(np.mean(self.step_times))
+
+
+class Progress(keras.callbacks.Callback):
+    """One progress line every ``every_steps`` steps and one per epoch (chief only).
+
+    Lines rather than a redrawn bar, because under horovodrun stdout is a pipe that is
+    prefixed and forwarded line by line.
+    """
+
+    def __init__(self, epochs, steps_per_epoch, every_steps, throughput, stream=None):
+        super().__init__()
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.throughput = throughput
+        self.stream = stream or sys.stdout
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = batch + 1
+        if step % self.every_steps == 0 and step < self.steps_per_epoch:
+            rate = self.throughput.recent_samples_per_second(self.every_steps)
+            self._print(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch} "
+                        f"{_format(logs)} {rate:.0f} samples/s")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._print(f"epoch {epoch + 1}/{self.epochs} done: {_format(logs)}")
+
+    def _print(self, line):
+        print(line, file=self.stream, flush=True)
+
+
+def _format(logs):
+    return " ".join(f"{key}={value:.4g}" for key, value in sorted((logs or {}).items())
+                    if isinstance(value, (int, float, np.floating)))
+
+
+class StepScalars(keras.callbacks.Callback):
+    """Chief only: learning rate and samples/s every ``every_steps`` steps to TensorBoard.
+
+    Keras' TensorBoard callback logs the learning rate once per epoch; warm-up happens
+    within the first epoch, so it is logged here by step too.
+    """
+
+    def __init__(self, log_dir, every_steps, throughput):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.every_steps = every_steps
+        self.throughput = throughput
+
+    def on_train_batch_end(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        step = int(optimizer.iterations.numpy())
+        if step % self.every_steps:
+            return
+        learning_rate = optimizer.learning_rate
+        if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            learning_rate = learning_rate(optimizer.iterations)
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("step/learning_rate", learning_rate)
+            rate = self.throughput.recent_samples_per_second(self.every_steps)
+            if rate:
+                tf.summary.scalar("step/samples_per_second", rate)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Chief only: save a checkpoint at the end of every epoch."""
+
+    def __init__(self, checkpointer):
+        super().__init__()
+        self.checkpointer = checkpointer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.checkpointer.save(epochs_done=epoch + 1)

@@ -1,0 +1,163 @@
+"""One typed config object per run.
+
+Every recipe's config is a dataclass that derives from :class:`TrainConfig`. Defaults sit
+next to a one-line reason. ``--key=value`` overrides are parsed by the field's declared type;
+an unknown key is an error that names the nearest valid key, and a value of the wrong type
+names the key, the value and what would be valid.
+"""
+
+import dataclasses
+import difflib
+import json
+import typing
+
+
+class ConfigError(ValueError):
+    """A config key or value the user gave is not valid."""
+
+
+_TRUE_WORDS = ("true", "1", "yes", "on")
+_FALSE_WORDS = ("false", "0", "no", "off")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings every recipe shares; a recipe subclasses this and adds its own fields."""
+
+    # Schedule. An epoch is one pass over the training set by all workers together.
+    epochs: int = 10  # recipes override with what reaches their accuracy target
+    batch_size_per_worker: int = 64  # global batch = this x world size
+    max_steps_per_epoch: int = 0  # 0 = a full epoch; small values make smoke runs
+    max_train_examples: int = 0  # 0 = all; cut the training set (tests, quick tries)
+    max_validation_examples: int = 0  # 0 = all
+
+    # Optimiser. The learning rate is for ONE worker; the toolkit scales it by world size.
+    optimizer: typing.Literal["adam", "adamw", "sgd"] = "adam"
+    base_learning_rate: float = 1e-3  # Adam's usual default, for one worker
+    lr_scaling: typing.Literal["linear", "sqrt", "none"] = "linear"  # Goyal et al. 2017
+    warmup_epochs: float = 1.0  # ramp from base to scaled LR, avoids early divergence
+    lr_decay: typing.Literal["cosine", "linear", "none"] = "cosine"  # to 0 at the last step
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0  # AdamW only (decoupled), 0 leaves it off
+
+    # Numerics and speed.
+    seed: int = 42  # same seed on every rank: same shuffles, same initial weights
+    mixed_precision: bool = False  # float16 on GPU, bfloat16 on CPU
+    jit_compile: bool = False  # XLA; off by default because it recompiles per shape
+    intra_op_threads: int = 0  # 0 = CPU cores / local workers, so workers share cores
+
+    # Horovod allreduce knobs (see toolkit/distributed.py).
+    fp16_allreduce: bool = False  # halves allreduce bytes at some precision cost
+    backward_passes_per_step: int = 1  # >1 accumulates gradients locally first
+    adasum: bool = False  # Adasum reduction instead of averaging
+
+    # Outputs.
+    log_every_steps: int = 50  # progress line and TensorBoard step scalars
+    checkpoints_to_keep: int = 3  # older ones are pruned after a new one is complete
+    export: bool = True  # write a SavedModel with a raw-input signature at the end
+
+    def validate(self):
+        """Check value ranges; raise ConfigError naming the key. Subclasses extend."""
+        _require(self, "epochs", self.epochs >= 1, "an integer >= 1")
+        _require(self, "batch_size_per_worker", self.batch_size_per_worker >= 1, "an integer >= 1")
+        for key in ("max_steps_per_epoch", "max_train_examples", "max_validation_examples",
+                    "intra_op_threads"):
+            _require(self, key, getattr(self, key) >= 0, "an integer >= 0 (0 means no limit/auto)")
+        _require(self, "base_learning_rate", self.base_learning_rate > 0, "a number > 0")
+        _require(self, "warmup_epochs", self.warmup_epochs >= 0, "a number >= 0")
+        _require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        _require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
+        _require(self, "backward_passes_per_step", self.backward_passes_per_step >= 1,
+                 "an integer >= 1")
+        _require(self, "log_every_steps", self.log_every_steps >= 1, "an integer >= 1")
+        _require(self, "checkpoints_to_keep", self.checkpoints_to_keep >= 1, "an integer >= 1")
+
+
+def _require(config, key, condition, valid):
+    if not condition:
+        raise ConfigError(f"config key '{key}' has invalid value {getattr(config, key)!r}: "
+                          f"it must be {valid}")
+
+
+def field_types(config_class):
+    """Map each field name of a config dataclass to its resolved type."""
+    hints = typing.get_type_hints(config_class)
+    return {field.name: hints[field.name] for field in dataclasses.fields(config_class)}
+
+
+def parse_value(key, text, value_type):
+    """Convert the string ``text`` to ``value_type``; raise ConfigError naming ``key``."""
+    if typing.get_origin(value_type) is typing.Literal:
+        choices = typing.get_args(value_type)
+        if text not in choices:
+            raise ConfigError(f"config key '{key}' got {text!r}; valid values: "
+                              + ", ".join(repr(choice) for choice in choices))
+        return text
+    if value_type is bool:
+        if text.lower() in _TRUE_WORDS:
+            return True
+        if text.lower() in _FALSE_WORDS:
+            return False
+        raise ConfigError(f"config key '{key}' expects a boolean (true/false), got {text!r}")
+    if value_type in (int, float):
+        try:
+            return value_type(text)
+        except ValueError:
+            kind = "an integer" if value_type is int else "a number"
+            raise ConfigError(f"config key '{key}' expects {kind}, got {text!r}") from None
+    if value_type is str:
+        return text
+    raise TypeError(f"config key '{key}' has unsupported type {value_type!r}")
+
+
+def split_overrides(arguments):
+    """Turn ``["--key=value", ...]`` into an ordered dict; reject anything else."""
+    overrides = {}
+    for argument in arguments:
+        if not argument.startswith("--") or "=" not in argument:
+            raise ConfigError(f"config override {argument!r} is not of the form --key=value")
+        key, value = argument[2:].split("=", 1)
+        overrides[key.replace("-", "_")] = value
+    return overrides
+
+
+def build(config_class, overrides):
+    """Make a validated ``config_class`` from defaults plus string ``overrides``."""
+    types = field_types(config_class)
+    values = {}
+    for key, text in overrides.items():
+        if key not in types:
+            raise ConfigError(_unknown_key_message(key, config_class, types))
+        values[key] = parse_value(key, text, types[key])
+    config = config_class(**values)
+    config.validate()
+    return config
+
+
+def _unknown_key_message(key, config_class, types):
+    message = f"unknown config key '{key}' for {config_class.__name__}"
+    nearest = difflib.get_close_matches(key, types, n=1, cutoff=0.6)
+    if nearest:
+        message += f"; did you mean '{nearest[0]}'?"
+    return message + " Valid keys: " + ", ".join(sorted(types))
+
+
+def describe(config_class):
+    """Lines listing each key with its type and default, for ``--help``."""
+    lines = []
+    defaults = config_class()
+    for key, value_type in field_types(config_class).items():
+        if typing.get_origin(value_type) is typing.Literal:
+            type_name = "|".join(typing.get_args(value_type))
+        else:
+            type_name = value_type.__name__
+        lines.append(f"  --{key}={getattr(defaults, key)!r}  ({type_name})")
+    return lines
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def to_json(config):
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)

@@ -1,0 +1,188 @@
+"""The whole Horovod surface of the toolkit.
+
+Recipes never import Horovod; the trainer calls the functions here. Every Horovod call
+carries a ``# Horovod:`` comment, so ``grep -n "Horovod:" toolkit/`` lists all of it.
+
+Data sharding: a data set of ``n`` examples is split into ``size`` disjoint shards of
+exactly ``n // size`` examples; worker ``rank`` takes examples ``rank, rank + size,
+rank + 2 * size, ...`` (see :class:`toolkit.data.Shard`). Equal shard sizes mean every
+worker runs the same number of steps (a worker that ran one step more would wait forever
+in an allreduce) and that averaging per-worker metrics gives the exact global metric. At
+most ``size - 1`` examples are left out per pass.
+"""
+
+import dataclasses
+import os
+import socket
+
+import tensorflow as tf
+import tf_keras
+
+from toolkit import data
+from toolkit import keras_compat
+
+# Horovod: its Keras API, imported with `keras` resolving to tf_keras (see keras_compat).
+hvd = keras_compat.import_horovod_keras()
+# Horovod: the TensorFlow API, for the object and variable collectives the Keras API lacks.
+import horovod.tensorflow as hvd_tf  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """Where this process sits among the workers of the run."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    hostname: str
+
+    @property
+    def is_chief(self):
+        """Rank 0 writes files and prints progress; every rank computes."""
+        return self.rank == 0
+
+    def shard(self):
+        return data.Shard(index=self.rank, count=self.size)
+
+
+def init():
+    """Start Horovod and return this process's place in the world."""
+    # Horovod: initialise; under horovodrun this joins the other ranks.
+    hvd.init()
+    return World(
+        rank=hvd.rank(),  # Horovod: global rank
+        size=hvd.size(),  # Horovod: number of workers
+        local_rank=hvd.local_rank(),  # Horovod: rank among the workers on this host
+        local_size=hvd.local_size(),  # Horovod: workers on this host
+        hostname=socket.gethostname(),
+    )
+
+
+def pin_to_local_gpu(world):
+    """Give each worker one GPU (its local rank), growing memory on demand."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    if world.local_rank >= len(gpus):
+        raise RuntimeError(f"worker with local rank {world.local_rank} on {world.hostname} has no "
+                           f"GPU: the host shows {len(gpus)} GPUs but runs {world.local_size} "
+                           "workers; lower the slots for this host")
+    gpu = gpus[world.local_rank]
+    tf.config.experimental.set_memory_growth(gpu, True)
+    tf.config.set_visible_devices(gpu, "GPU")
+    return gpu.name
+
+
+def wrap_optimizer(optimizer, config):
+    """Wrap a Keras optimizer so gradients are combined across workers before each update."""
+    # Horovod: fp16 compression halves the bytes on the wire; gradients are cast back after.
+    compression = hvd.Compression.fp16 if config.fp16_allreduce else hvd.Compression.none
+    # Horovod: Adasum combines gradients adaptively instead of averaging them.
+    reduce_op = hvd.Adasum if config.adasum else hvd.Average
+    # Horovod: allreduce gradients in compute_gradients; with backward_passes_per_step > 1,
+    # accumulate locally that many batches first and apply their average.
+    return hvd.DistributedOptimizer(
+        optimizer,
+        compression=compression,
+        op=reduce_op,
+        backward_passes_per_step=config.backward_passes_per_step,
+        average_aggregated_gradients=True,
+    )
+
+
+def broadcast_variables(variables):
+    """Make every worker's copy of ``variables`` equal to rank 0's."""
+    # Horovod: broadcast from rank 0, which holds the restored checkpoint if there is one.
+    hvd_tf.broadcast_variables(variables, root_rank=0)
+
+
+def broadcast_object(value):
+    """Return rank 0's ``value`` on every worker (small picklable Python values only)."""
+    # Horovod: pickles rank 0's object and sends it to all ranks.
+    return hvd_tf.broadcast_object(value, root_rank=0)
+
+
+def allgather_object(value):
+    """Return the list of every worker's ``value``, in rank order."""
+    # Horovod: gathers one pickled object per rank.
+    return hvd_tf.allgather_object(value)
+
+
+def allreduce_mean(value, name):
+    """Average a float over all workers."""
+    # Horovod: a scalar allreduce; every rank must call it the same number of times.
+    return float(hvd_tf.allreduce(tf.constant(value, tf.float64), op=hvd_tf.Average, name=name))
+
+
+def first_callbacks():
+    """Callbacks that perform collectives; every rank runs them, in this order, first.
+
+    1. Broadcast: rank 0's variables to everyone after the first batch. The trainer already
+       broadcasts before training; this one also covers variables Keras creates lazily
+       during the first step (e.g. a mixed-precision loss scale).
+    2. Metric averaging: replaces each rank's epoch metrics with the mean over ranks. It must
+       come before anything that reads metrics (progress, TensorBoard, checkpoints, History),
+       or those would see rank 0's shard only.
+    3. Averaging of non-trainable variables (batch-norm statistics) before validation.
+    """
+    return [
+        # Horovod: broadcast initial variable states from rank 0 to all other processes.
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        # Horovod: average metrics among workers at the end of every epoch.
+        hvd.callbacks.MetricAverageCallback(),
+        AverageNonTrainableCallback(),
+    ]
+
+
+def average_non_trainable(model):
+    """Average floating-point non-trainable variables (batch-norm moving statistics) over
+    workers, and take rank 0's value for the others, so all workers hold the same model.
+
+    Gradients keep trainable weights identical, but moving statistics are updated from each
+    worker's own batches and drift apart; averaging them estimates the statistics of the
+    union of the workers' data.
+    """
+    floating = [variable for variable in model.non_trainable_variables
+                if variable.dtype.is_floating]
+    others = [variable for variable in model.non_trainable_variables
+              if not variable.dtype.is_floating]
+    if floating:
+        # Horovod: one grouped allreduce for all of them.
+        averaged = hvd_tf.grouped_allreduce([variable.value() for variable in floating],
+                                            op=hvd_tf.Average)
+        for variable, value in zip(floating, averaged):
+            variable.assign(value)
+    if others:
+        hvd_tf.broadcast_variables(others, root_rank=0)  # Horovod: rank 0's counters win
+
+
+class AverageNonTrainableCallback(tf_keras.callbacks.Callback):
+    """Run :func:`average_non_trainable` before each validation and at the end of training,
+    so that validation, checkpoints and the export all see one model. Every rank runs it."""
+
+    def on_test_begin(self, logs=None):
+        average_non_trainable(self.model)
+
+    def on_train_end(self, logs=None):
+        average_non_trainable(self.model)
+
+
+def barrier():
+    """Wait until every worker gets here."""
+    # Horovod: a tiny allreduce that everyone must join.
+    hvd_tf.allreduce(tf.constant(0.0), name="barrier")
+
+
+def build_info():
+    """Which controllers and tensor operations this Horovod build has."""
+    return {
+        "gloo": bool(hvd.gloo_built()),  # Horovod: built with the Gloo controller
+        "mpi": bool(hvd.mpi_built()),  # Horovod: built with MPI
+        "nccl": bool(hvd.nccl_built()),  # Horovod: built with NCCL GPU operations
+    }
+
+
+def elastic_enabled():
+    """True when horovodrun started this worker in elastic mode."""
+    return os.environ.get("HOROVOD_ELASTIC") == "1"

@@ -1,0 +1,121 @@
+"""Hostfiles: ``<host> slots=<n>`` per line, as Horovod and mpirun read them, validated.
+
+Accepted: ``#`` comments (whole-line or trailing), blank lines, host names (RFC 1123) and
+IPv4 literals, and exactly one ``slots=<n>`` with ``n >= 1`` per host. Rejected, with the
+file, line number and text in the message: unknown syntax or keys, missing or
+non-positive slots, a host listed twice, anything that is not a valid name or address
+(so nothing can reach a shell through a host name), and IPv6 literals, which
+horovodrun's ``host:slots`` syntax cannot express.
+"""
+
+import dataclasses
+import ipaddress
+import re
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+VALID_LINE = "'<host> slots=<n>' (a host name or IPv4 address, n >= 1, '#' starts a comment)"
+
+
+class HostfileError(ValueError):
+    """A hostfile line is not valid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    name: str
+    slots: int
+    line: int
+
+
+def is_valid_host_name(name):
+    """True for an IPv4 literal or an RFC 1123 host name."""
+    try:
+        return isinstance(ipaddress.ip_address(name), ipaddress.IPv4Address)
+    except ValueError:
+        pass
+    if len(name) > 253 or name.endswith("."):
+        return False
+    labels = name.split(".")
+    # A name made only of digits and dots would be a malformed IPv4 address.
+    return all(_LABEL.match(label) for label in labels) and not name.replace(".", "").isdigit()
+
+
+def _is_ipv6(name):
+    try:
+        return isinstance(ipaddress.ip_address(name), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def _error(path, number, text, problem):
+    return HostfileError(f"{path}:{number}: {text.strip()!r}: {problem}; each line must be "
+                         f"{VALID_LINE}")
+
+
+def parse_line(path, number, text):
+    """Return a Host for one line, or None for a blank or comment line."""
+    content = text.split("#", 1)[0].strip()
+    if not content:
+        return None
+    name, *options = content.split()
+    if _is_ipv6(name):
+        raise _error(path, number, text, f"IPv6 address {name!r} cannot be used, because "
+                     "horovodrun's host:slots syntax cannot express it; give the host a "
+                     "name in /etc/hosts")
+    if not is_valid_host_name(name):
+        raise _error(path, number, text, f"{name!r} is not a valid host name or IPv4 address")
+    slots = None
+    for option in options:
+        key, equals, value = option.partition("=")
+        if key != "slots" or not equals:
+            raise _error(path, number, text, f"unknown option {option!r}")
+        if slots is not None:
+            raise _error(path, number, text, "slots is given twice")
+        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
+            raise _error(path, number, text, f"slots must be a whole number >= 1, got {value!r}")
+        slots = int(value)
+    if slots is None:
+        raise _error(path, number, text, "slots=<n> is missing")
+    return Host(name=name, slots=slots, line=number)
+
+
+def parse_text(path, text):
+    hosts, seen = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        host = parse_line(path, number, line)
+        if host is None:
+            continue
+        if host.name.lower() in seen:
+            raise _error(path, number, line, f"host {host.name!r} is already listed on line "
+                         f"{seen[host.name.lower()]}; give each host once with all its slots")
+        seen[host.name.lower()] = number
+        hosts.append(host)
+    if not hosts:
+        raise HostfileError(f"{path}: no hosts; each line must be {VALID_LINE}")
+    return hosts
+
+
+def parse(path):
+    """Read and validate the hostfile at ``path``."""
+    try:
+        with open(path) as stream:
+            text = stream.read()
+    except OSError as error:
+        raise HostfileError(f"cannot read hostfile {path}: {error.strerror}") from None
+    return parse_text(path, text)
+
+
+def total_slots(hosts):
+    return sum(host.slots for host in hosts)
+
+
+def check_np(path, hosts, np):
+    if np > total_slots(hosts):
+        raise HostfileError(f"NP={np} is more than the {total_slots(hosts)} slots in {path} ("
+                            + ", ".join(f"{host.name}: {host.slots}" for host in hosts)
+                            + "); lower NP or add slots")
+
+
+def horovod_hosts(hosts):
+    """The ``-H`` argument of horovodrun: ``host1:slots,host2:slots``."""
+    return ",".join(f"{host.name}:{host.slots}" for host in hosts)

@@ -1,0 +1,117 @@
+"""The run folder: what a run writes, and whether an existing one may be resumed.
+
+Layout of ``RUN_DIR`` (default ``runs/<recipe>/<timestamp>/``)::
+
+    config.json    recipe, resolved config, world size, hosts, library versions
+    tensorboard/   train/ and validation/ event files (make tensorboard)
+    checkpoints/   tf.train checkpoints, one per epoch, the newest few kept
+    export/        SavedModel with a raw-input serving signature, plus labels.json
+    summary.json   final validation metrics, epochs, steps, speed, weight hashes
+
+Only the chief (rank 0) writes here. Folders are created with the user's umask.
+"""
+
+import datetime
+import json
+import os
+import tempfile
+
+# Keys that may differ when a run is resumed: they change how long it runs or what it
+# logs, not what the checkpoint holds. Any other difference means a different experiment.
+RESUMABLE_CHANGES = frozenset({"epochs", "log_every_steps", "export", "checkpoints_to_keep",
+                               "intra_op_threads", "max_validation_examples"})
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used for this run."""
+
+
+def default_path(runs_root, recipe_name, now=None):
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return os.path.join(runs_root, recipe_name, stamp)
+
+
+def paths(run_dir):
+    return {
+        "config": os.path.join(run_dir, "config.json"),
+        "summary": os.path.join(run_dir, "summary.json"),
+        "tensorboard": os.path.join(run_dir, "tensorboard"),
+        "checkpoints": os.path.join(run_dir, "checkpoints"),
+        "export": os.path.join(run_dir, "export"),
+    }
+
+
+def read_json(path):
+    with open(path) as stream:
+        return json.load(stream)
+
+
+def write_json(path, content):
+    """Write JSON atomically: a reader sees the old file or the new one, never half."""
+    directory = os.path.dirname(path) or "."
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(descriptor, "w") as stream:
+            json.dump(content, stream, indent=2, sort_keys=True, default=str)
+            stream.write("\n")
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _umask():
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def check_resumable(run_dir, recipe_name, config_dict):
+    """Raise RunFolderError if ``run_dir`` holds a run this one must not resume or overwrite.
+
+    Returns True when there is an earlier run to resume, False for a new folder.
+    """
+    config_path = paths(run_dir)["config"]
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunFolderError(f"RUN_DIR {run_dir} exists and is not a folder")
+    if not os.path.exists(config_path):
+        if os.path.isdir(run_dir) and any(not name.startswith(".") for name in os.listdir(run_dir)):
+            raise RunFolderError(
+                f"RUN_DIR {run_dir} is not empty and holds no config.json, so it is not a run "
+                "of this toolkit; choose a new or empty folder")
+        return False
+    try:
+        previous = read_json(config_path)
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"cannot read {config_path}: {error}; refusing to reuse "
+                             f"RUN_DIR {run_dir}") from None
+    if previous.get("recipe") != recipe_name:
+        raise RunFolderError(
+            f"RUN_DIR {run_dir} holds a run of recipe {previous.get('recipe')!r}, not "
+            f"{recipe_name!r}; choose another RUN_DIR (nothing was changed)")
+    old_config = previous.get("config", {})
+    # Keys only one side knows (a toolkit upgrade added or removed one) are not compared.
+    changed = sorted(key for key in set(old_config) & set(config_dict)
+                     if key not in RESUMABLE_CHANGES
+                     and old_config.get(key) != config_dict.get(key))
+    if changed:
+        details = ", ".join(f"{key}: {old_config.get(key)!r} -> {config_dict.get(key)!r}"
+                            for key in changed)
+        raise RunFolderError(
+            f"RUN_DIR {run_dir} holds a run with a different config ({details}); resuming it "
+            "would mix two experiments. Use the old values or a new RUN_DIR. Keys that may "
+            "change on resume: " + ", ".join(sorted(RESUMABLE_CHANGES)))
+    return True
+
+
+def check_writable(run_dir):
+    """Create ``run_dir`` if needed and prove we can write in it; raise RunFolderError."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as error:
+        raise RunFolderError(f"RUN_DIR {run_dir} is not writable: {error.strerror}; choose a "
+                             "folder you can write to") from None

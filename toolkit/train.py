@@ -1,0 +1,274 @@
+"""Train a registered recipe on every worker of a Horovod run.
+
+This module is what each worker runs. You normally start it through make, which sets up
+the environment on first use, validates the config before anything is launched and
+starts ``horovodrun`` for you::
+
+    make train RECIPE=image                              # localhost; NP = GPUs, or 2 on CPU
+    make train RECIPE=image NP=4 ARGS="--epochs=2 --batch_size_per_worker=128"
+    make train RECIPE=image RUN_DIR=runs/image/mine      # rerun the same line to resume
+    make train RECIPE=bert HOSTFILE=hostfiles/cluster NP=16
+
+The launch make performs, spelled out (``python -m toolkit.launch --dry_run`` prints it)::
+
+    horovodrun -np 2 -H localhost:2 --gloo \\
+        .venv/bin/python -m toolkit.train --recipe=image --run_dir=runs/image/x --epochs=1
+
+A tiny CPU run in one process, without horovodrun (Horovod then runs with one worker)::
+
+    .venv/bin/python -m toolkit.train --recipe=image --run_dir=/tmp/tiny \\
+        --epochs=1 --max_steps_per_epoch=5 --max_validation_examples=256
+
+Arguments: ``--recipe=NAME --run_dir=DIR`` and any ``--key=value`` config override;
+``--help`` with a recipe lists its keys.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+import toolkit  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ info lines out of the logs
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from toolkit import callbacks as callbacks_lib  # noqa: E402
+from toolkit import checkpoints  # noqa: E402
+from toolkit import config as config_lib  # noqa: E402
+from toolkit import distributed  # noqa: E402
+from toolkit import recipe as recipe_lib  # noqa: E402
+from toolkit import run_folder  # noqa: E402
+from toolkit import schedules  # noqa: E402
+from toolkit import versions as versions_lib  # noqa: E402
+
+
+class TrainingError(RuntimeError):
+    """A run cannot continue; the message says why and what to do."""
+
+
+def parse_arguments(argv):
+    """Split argv into (recipe name, run dir, config overrides, wants help)."""
+    recipe_name, run_dir, rest = None, None, []
+    wants_help = False
+    for argument in argv:
+        if argument.startswith("--recipe="):
+            recipe_name = argument.split("=", 1)[1]
+        elif argument.startswith("--run_dir="):
+            run_dir = argument.split("=", 1)[1]
+        elif argument in ("-h", "--help"):
+            wants_help = True
+        else:
+            rest.append(argument)
+    return recipe_name, run_dir, config_lib.split_overrides(rest), wants_help
+
+
+def configure_runtime(config, world):
+    """Thread pools, device, precision and seeds; must run before TensorFlow does any work."""
+    # On CPU, workers on one host share its cores: each gets cores / workers intra-op
+    # threads, so that two workers do not each start a pool the size of the machine.
+    cores = len(os.sched_getaffinity(0))
+    intra_op = config.intra_op_threads or max(1, cores // world.local_size)
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(1 if intra_op == 1 else 2)
+    gpu = distributed.pin_to_local_gpu(world)
+    if config.mixed_precision:
+        # float16 with loss scaling on GPUs; bfloat16 (no scaling needed) on CPUs.
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    # Same seed everywhere: identical initial weights and reproducible runs.
+    keras.utils.set_random_seed(config.seed)
+    return {"intra_op_threads": intra_op, "device": gpu or "CPU"}
+
+
+def agree(world, check):
+    """Run ``check()`` on the chief; if it raises, raise the same message on every rank.
+
+    Used for checks only the chief can make (its run folder), so that the other ranks stop
+    with the chief instead of waiting for it in a collective.
+    """
+    message = None
+    if world.is_chief:
+        try:
+            check()
+        except (OSError, ValueError) as error:
+            message = str(error)
+    message = distributed.broadcast_object(message)
+    if message:
+        raise TrainingError(message)
+
+
+def weights_sha256(model):
+    """SHA-256 of all model weights, in order, as raw bytes."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def _final_metrics(model, history, validation, epochs_trained):
+    """Validation metrics of the final weights, averaged over workers."""
+    logs = history.history if history is not None else {}
+    if epochs_trained and any(key.startswith("val_") for key in logs):
+        return {key[len("val_"):]: float(values[-1]) for key, values in logs.items()
+                if key.startswith("val_")}
+    results = model.evaluate(validation, verbose=0, return_dict=True)
+    return {key: distributed.allreduce_mean(float(value), name=f"final_{key}")
+            for key, value in sorted(results.items())}
+
+
+def train(recipe, config, run_dir):
+    """Run ``recipe`` with ``config`` on this worker; return the summary dict."""
+    started = time.time()
+    world = distributed.init()
+    runtime = configure_runtime(config, world)
+    paths = run_folder.paths(run_dir)
+    config_dict = config_lib.to_dict(config)
+
+    # The chief checks the run folder; everyone stops together if it is unusable.
+    agree(world, lambda: run_folder.check_writable(run_dir))
+    agree(world, lambda: run_folder.check_resumable(run_dir, recipe.name, config_dict))
+
+    data = recipe.build_data(config, world.shard())
+    steps_per_epoch = data.train_examples // config.batch_size_per_worker
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"each worker's training shard has {data.train_examples} examples, fewer than "
+            f"batch_size_per_worker={config.batch_size_per_worker}; lower the batch size or NP")
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if data.validation_examples == 0:
+        raise TrainingError("each worker's validation shard is empty; give more validation "
+                            "data or fewer workers")
+    # Unequal step counts would leave a worker waiting in an allreduce forever.
+    all_steps = distributed.allgather_object(steps_per_epoch)
+    if len(set(all_steps)) != 1:
+        raise TrainingError(f"workers disagree on steps per epoch: {all_steps}")
+
+    model = recipe.build_model(config, data)
+    learning_rate = schedules.build(config, world.size, steps_per_epoch)
+    optimizer = distributed.wrap_optimizer(schedules.build_optimizer(config, learning_rate),
+                                           config)
+    model.compile(optimizer=optimizer, loss=recipe.build_loss(config),
+                  metrics=recipe.build_metrics(config), jit_compile=config.jit_compile)
+    # Create the optimizer's slots now so that a restore fills them and the broadcast
+    # below covers them; otherwise they would appear only in the first step.
+    optimizer.build(model.trainable_variables)
+
+    checkpointer = checkpoints.Checkpointer(paths["checkpoints"], model, optimizer,
+                                            keep=config.checkpoints_to_keep)
+    epochs_done = checkpointer.restore() if world.is_chief else 0
+    epochs_done = distributed.broadcast_object(epochs_done)
+    distributed.broadcast_variables(model.variables + list(optimizer.variables))
+
+    if world.is_chief:
+        os.makedirs(paths["tensorboard"], exist_ok=True)
+        run_folder.write_json(paths["config"], {
+            "recipe": recipe.name,
+            "config": config_dict,
+            "world_size": world.size,
+            "hosts": sorted(set(distributed.allgather_object(world.hostname))),
+            "data": data.description,
+            "train_examples_per_worker": data.train_examples,
+            "validation_examples_per_worker": data.validation_examples,
+            "steps_per_epoch": steps_per_epoch,
+            "global_batch_size": config.batch_size_per_worker * world.size,
+            "runtime": runtime,
+            "versions": versions_lib.collect(),
+            "command": sys.argv,
+            "resumed_from_epoch": epochs_done,
+        })
+        print(f"[toolkit] {recipe.name}: {data.description}; {world.size} workers x "
+              f"{config.batch_size_per_worker} = global batch "
+              f"{config.batch_size_per_worker * world.size}; {steps_per_epoch} steps/epoch; "
+              f"run folder {run_dir}" + (f"; resuming after epoch {epochs_done}"
+                                         if epochs_done else ""), flush=True)
+    else:
+        distributed.allgather_object(world.hostname)  # matches the chief's gather above
+
+    throughput = callbacks_lib.Throughput(config.batch_size_per_worker * world.size, world.size)
+    # Order matters: Horovod's broadcast and metric averaging first, so that everything
+    # after them (progress, checkpoints, TensorBoard, History) sees averaged metrics.
+    callbacks = distributed.first_callbacks() + [throughput]
+    if world.is_chief:
+        callbacks += [
+            callbacks_lib.Progress(config.epochs, steps_per_epoch, config.log_every_steps,
+                                   throughput),
+            callbacks_lib.StepScalars(os.path.join(paths["tensorboard"], "train"),
+                                      config.log_every_steps, throughput),
+            callbacks_lib.EpochCheckpoint(checkpointer),
+            keras.callbacks.TensorBoard(paths["tensorboard"], update_freq="epoch",
+                                        write_graph=False, profile_batch=0),
+        ]
+
+    history = None
+    if epochs_done < config.epochs:
+        history = model.fit(data.train.repeat(), epochs=config.epochs, initial_epoch=epochs_done,
+                            steps_per_epoch=steps_per_epoch, validation_data=data.validation,
+                            callbacks=callbacks, verbose=0)
+    metrics = _final_metrics(model, history, data.validation, config.epochs - epochs_done)
+
+    hashes = distributed.allgather_object(weights_sha256(model))
+    last_logs = {key: values[-1] for key, values in (history.history if history else {}).items()}
+    summary = {
+        "recipe": recipe.name,
+        "validation": metrics,
+        "epochs": config.epochs,
+        "epochs_this_run": config.epochs - epochs_done,
+        "resumed_from_epoch": epochs_done,
+        "global_steps": int(optimizer.iterations.numpy()),
+        "planned_global_steps": config.epochs * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "world_size": world.size,
+        "global_batch_size": config.batch_size_per_worker * world.size,
+        "samples_per_second": float(last_logs.get("samples_per_second", 0.0)),
+        "samples_per_second_per_worker": float(last_logs.get("samples_per_second_per_worker",
+                                                             0.0)),
+        "weights_sha256": hashes[0],
+        "weights_sha256_per_rank": hashes,
+        "weights_identical_on_all_ranks": len(set(hashes)) == 1,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    if world.is_chief:
+        if config.export:
+            from toolkit import export
+
+            export.save(recipe, config, model, data, paths["export"])
+            summary["export"] = paths["export"]
+        run_folder.write_json(paths["summary"], summary)
+        print(f"[toolkit] done: validation {json.dumps(metrics)}; "
+              f"{summary['samples_per_second']:.0f} samples/s; results in {run_dir} "
+              f"(summary.json, tensorboard/, checkpoints/, export/)", flush=True)
+    # Nobody exits before the chief has written everything: horovodrun stops all workers
+    # as soon as one exits non-zero, which would cut the chief's export short.
+    distributed.barrier()
+    return summary
+
+
+def main(argv=None):
+    recipe_name, run_dir, overrides, wants_help = parse_arguments(
+        sys.argv[1:] if argv is None else argv)
+    if recipe_name is None:
+        raise SystemExit("--recipe=NAME is required; known recipes: "
+                         + ", ".join(recipe_lib.names()))
+    recipe = recipe_lib.get(recipe_name)
+    if wants_help:
+        print(f"{recipe.name}: {recipe.description}\nconfig keys:")
+        print("\n".join(config_lib.describe(recipe.config_class)))
+        return 0
+    if run_dir is None:
+        raise SystemExit("--run_dir=DIR is required")
+    config = config_lib.build(recipe.config_class, overrides)
+    try:
+        summary = train(recipe, config, run_dir)
+    except (TrainingError, ValueError) as error:
+        print(f"[toolkit] error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0 if summary["weights_identical_on_all_ranks"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
