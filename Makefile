@@ -3,6 +3,7 @@
 #   make train RECIPE=image [NP=2] [HOSTFILE=hostfiles/x] [RUN_DIR=runs/...] [ARGS="--key=value"]
 #   make test          # the whole test suite (what CI runs)
 #   make tensorboard   # serve the runs folder
+#   make config RECIPE=image   # list the recipe's config keys, types and defaults
 #   make setup         # what train/test do on first use: system packages, .venv, Horovod
 #
 # Knobs (Make variables, with defaults):
@@ -21,7 +22,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages horovod train test tensorboard clean
+.PHONY: help setup system-packages horovod train test tensorboard config clean
 
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
@@ -37,7 +38,7 @@ SYSTEM_PACKAGES += python3-venv python3-dev
 endif
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(SETUP_STAMP)
 
@@ -93,8 +94,8 @@ horovod:
 	    mkdir -p $$shim/tensorflow/compiler/xla/client; \
 	    echo '#include "xla/hlo/builder/xla_builder.h"' \
 	      > $$shim/tensorflow/compiler/xla/client/xla_builder.h; fi; \
-	  CPATH=$$tf_include/external/highwayhash:$$tf_include/external/farmhash_archive/src:$$shim \
-	  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_$${mpi}_MPI=1 \
+	  env CPATH=$$tf_include/external/highwayhash:$$tf_include/external/farmhash_archive/src:$$shim \
+	  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 "HOROVOD_$${mpi}_MPI=1" \
 	  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS=-j$$(nproc) \
 	    $(PIP) wheel --no-cache-dir --no-build-isolation --no-deps -w $$wheel_dir \
 	      $(HOROVOD_CACHE)/src/horovod-$(HOROVOD_VERSION).tar.gz; \
@@ -108,6 +109,9 @@ train: setup
 
 test: setup
 	$(VENV_PYTHON) -m pytest tests $(TEST_ARGS)
+
+config: setup
+	@$(VENV_PYTHON) -m toolkit.train --recipe=$(RECIPE) --help
 
 tensorboard: setup
 	@mkdir -p $(RUNS_DIR)

@@ -328,24 +328,30 @@ def _validation_pipeline(dataset, config):
 # ---------------------------------------------------------------------------- model
 
 
+def _batch_norm():
+    # Momentum 0.9 rather than Keras' 0.99: the moving statistics then track the weights
+    # within a few dozen steps, so validation early in a short run is meaningful.
+    return keras.layers.BatchNormalization(momentum=0.9)
+
+
 def _residual_block(inputs, filters, stride):
     """Two 3x3 conv/batch-norm layers with an identity (or 1x1 projection) shortcut."""
     shortcut = inputs
     if stride != 1 or inputs.shape[-1] != filters:
         shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False)(inputs)
-        shortcut = keras.layers.BatchNormalization()(shortcut)
+        shortcut = _batch_norm()(shortcut)
     x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization()(x)
+    x = _batch_norm()(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    x = keras.layers.BatchNormalization()(x)
+    x = _batch_norm()(x)
     return keras.layers.ReLU()(x + shortcut)
 
 
 def build_model(config, data):
     inputs = keras.Input((config.image_size, config.image_size, config.channels), name="image")
     x = keras.layers.Conv2D(config.width, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization()(x)
+    x = _batch_norm()(x)
     x = keras.layers.ReLU()(x)
     for stage in range(config.stages):
         for block in range(config.blocks_per_stage):

@@ -13,7 +13,12 @@ def save(recipe, config, model, data, directory):
     The new export is written next to the old one and swapped in when complete, so a
     failure leaves the previous export intact.
     """
-    serving = recipe.build_serving(config, model, data)
+    # A fresh copy of the model: the trained one is compiled with Horovod's optimizer, whose
+    # functions (with HorovodAllreduce ops) would otherwise be saved and make the export
+    # unloadable where Horovod is not installed.
+    clean_model = recipe.build_model(config, data)
+    clean_model.set_weights(model.get_weights())
+    serving = recipe.build_serving(config, clean_model, data)
     staging = directory.rstrip("/") + ".partial"
     shutil.rmtree(staging, ignore_errors=True)
     tf.saved_model.save(serving, staging, signatures=serving.signatures())

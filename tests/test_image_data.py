@@ -1,0 +1,110 @@
+"""The image recipe's three data sources, and its errors on bad data."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import read_json, train_single
+from recipes import image
+from toolkit import config as config_lib
+from toolkit import data as data_lib
+
+CLASSES = ["boot", "coat", "shirt"]
+
+
+def make_folder(root, per_class=6, size=20, mode="RGB", extension="png"):
+    generator = np.random.default_rng(0)
+    for label, name in enumerate(CLASSES):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for index in range(per_class):
+            shape = (size, size + 4, 3) if mode == "RGB" else (size, size + 4)
+            # Each class has its own brightness so that a model can tell them apart.
+            pixels = np.clip(generator.normal(60 + 70 * label, 20, shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode).save(os.path.join(root, name, f"{index}.{extension}"))
+
+
+def build(overrides, shard=data_lib.Shard()):
+    config = config_lib.build(image.ImageConfig, {"batch_size_per_worker": "2", **overrides})
+    return image.build_data(config, shard)
+
+
+def test_folder_with_held_out_split(tmp_path):
+    make_folder(str(tmp_path), per_class=10)
+    data = build({"data_dir": str(tmp_path), "validation_fraction": "0.2", "channels": "3",
+                  "image_size": "16"})
+    assert data.class_names == CLASSES
+    assert (data.train_examples, data.validation_examples) == (24, 6)
+    images, labels = next(iter(data.train))
+    assert images.shape == (2, 16, 16, 3) and images.dtype == tf.float32
+    assert float(tf.reduce_max(images)) <= 1.0 and float(tf.reduce_min(images)) >= 0.0
+    assert set(labels.numpy()) <= {0, 1, 2}
+
+
+def test_folder_with_train_and_validation_subfolders_sharded(tmp_path):
+    make_folder(str(tmp_path / "train"), per_class=5, mode="L", extension="jpg")
+    make_folder(str(tmp_path / "validation"), per_class=2, mode="L", extension="jpg")
+    shards = [build({"data_dir": str(tmp_path)}, data_lib.Shard(index, 2)) for index in (0, 1)]
+    assert [shard.train_examples for shard in shards] == [7, 7]  # 15 // 2
+    assert [shard.validation_examples for shard in shards] == [3, 3]
+
+
+def write_tfrecord(path, labels):
+    with tf.io.TFRecordWriter(path) as writer:
+        for index, label in enumerate(labels):
+            encoded = tf.io.encode_png(np.full((10, 10, 1), index * 30, np.uint8)).numpy()
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            })).SerializeToString())
+
+
+def test_tfrecords(tmp_path):
+    path = str(tmp_path / "train.tfrecord")
+    write_tfrecord(path, [index % 2 for index in range(8)])
+    data = build({"train_files": path, "validation_files": path, "num_classes": "2"},
+                 data_lib.Shard(1, 2))
+    assert (data.train_examples, data.validation_examples) == (4, 4)
+    assert sorted(int(label) for _, labels in data.validation for label in labels) == [1, 1, 1, 1]
+    bad = str(tmp_path / "bad.tfrecord")
+    write_tfrecord(bad, [0, 1, 5])
+    with pytest.raises(data_lib.DataError, match="label 5, outside 0..1"):
+        build({"train_files": bad, "validation_files": path, "num_classes": "2"})
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    make_folder(str(tmp_path))
+    os.makedirs(tmp_path / "dress")
+    with pytest.raises(data_lib.DataError, match=f"class folder {tmp_path}/dress has no images"):
+        build({"data_dir": str(tmp_path)})
+
+
+def test_missing_paths_are_named(tmp_path):
+    with pytest.raises(data_lib.DataError, match=f"image folder {tmp_path}/nope does not exist"):
+        build({"data_dir": str(tmp_path / "nope")})
+    with pytest.raises(data_lib.DataError, match="no TFRecord files match"):
+        build({"train_files": str(tmp_path / "*.tfrecord"), "validation_files": "x",
+               "num_classes": "3"})
+    with pytest.raises(data_lib.DataError, match="install the Debian package"):
+        build({"fashion_mnist_dir": str(tmp_path)})
+
+
+def test_truncated_idx_file_is_rejected(tmp_path):
+    path = tmp_path / "bad-idx1-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + bytes(10))
+    with pytest.raises(data_lib.DataError, match="truncated"):
+        image.read_idx(str(path))
+
+
+def test_training_on_an_image_folder_end_to_end(tmp_path, run_dir):
+    make_folder(str(tmp_path / "data"), per_class=12)
+    train_single(run_dir, "image", [f"--data_dir={tmp_path}/data", "--channels=3",
+                                    "--image_size=16", "--width=8", "--stages=2",
+                                    "--batch_size_per_worker=4", "--epochs=2"])
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    # 12 images per class, round(12 * 0.1) = 1 of each held out: 33 to train, batch 4.
+    assert summary["global_steps"] == 2 * (33 // 4)
+    labels = read_json(os.path.join(run_dir, "export", "labels.json"))
+    assert labels["class_names"] == CLASSES
