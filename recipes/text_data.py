@@ -1,0 +1,128 @@
+"""Text classification files: CSV, TSV and JSON Lines with ``text``, ``text_pair``, ``label``.
+
+The format is picked by the file extension (``.csv``, ``.tsv``, ``.jsonl``/``.json``).
+CSV and TSV files have a header row. ``text_pair`` is optional (GLUE-style sentence
+pairs); labels may be strings or integers. Every error names the file, the line and what
+would be valid.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import typing
+
+from toolkit import data as data_lib
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+@dataclasses.dataclass
+class Examples:
+    """Parsed rows of one file, in file order."""
+
+    path: str
+    texts: typing.List[str]
+    text_pairs: typing.Optional[typing.List[str]]  # None when the file has no pair column
+    labels: typing.List[str]  # as written in the file; mapped to ids with a label map
+    lines: typing.List[int]  # the line each example came from, for error messages
+
+
+def _rows(path):
+    """Yield (line number, dict of column -> value) for each data row of ``path``."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in FORMATS:
+        raise data_lib.DataError(f"{path}: unknown text file type {extension!r}; use one of "
+                                 + ", ".join(sorted(FORMATS)))
+    try:
+        stream = open(path, newline="", encoding="utf-8")
+    except OSError as error:
+        raise data_lib.DataError(f"cannot read text data file {path}: {error.strerror}") from None
+    with stream:
+        if FORMATS[extension] == "jsonl":
+            for number, line in enumerate(stream, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as error:
+                    raise data_lib.DataError(f"{path}:{number}: not valid JSON ({error})") from None
+                if not isinstance(row, dict):
+                    raise data_lib.DataError(f"{path}:{number}: expected a JSON object per line")
+                yield number, row
+        else:
+            reader = csv.DictReader(stream, delimiter="," if FORMATS[extension] == "csv" else "\t")
+            for row in reader:
+                if None in row:
+                    raise data_lib.DataError(f"{path}:{reader.line_num}: more fields than the "
+                                             f"header has columns ({len(reader.fieldnames)})")
+                yield reader.line_num, row
+
+
+def read(path, text_column="text", text_pair_column="text_pair", label_column="label"):
+    """Read a text classification file; raise DataError naming file and line on problems."""
+    texts, pairs, labels, lines = [], [], [], []
+    has_pair = None
+    for number, row in _rows(path):
+        for column in (text_column, label_column):
+            if row.get(column) is None:
+                raise data_lib.DataError(
+                    f"{path}:{number}: missing column {column!r}; found columns "
+                    f"{sorted(row)}; the text and label columns are set by config keys "
+                    "text_column and label_column")
+        if has_pair is None:
+            has_pair = text_pair_column in row
+        text = str(row[text_column])
+        if not text.strip():
+            raise data_lib.DataError(f"{path}:{number}: empty {text_column!r}")
+        label = row[label_column]
+        if isinstance(label, float) and label.is_integer():
+            label = int(label)
+        label = str(label).strip()
+        if not label:
+            raise data_lib.DataError(f"{path}:{number}: empty {label_column!r}")
+        texts.append(text)
+        labels.append(label)
+        lines.append(number)
+        if has_pair:
+            if row.get(text_pair_column) is None:
+                raise data_lib.DataError(f"{path}:{number}: missing column "
+                                         f"{text_pair_column!r}, which earlier rows have")
+            pairs.append(str(row[text_pair_column]))
+    if not texts:
+        raise data_lib.DataError(f"{path}: no examples; expected a header and rows with columns "
+                                 f"{text_column!r}, optional {text_pair_column!r}, "
+                                 f"{label_column!r}")
+    return Examples(path=path, texts=texts, text_pairs=pairs if has_pair else None,
+                    labels=labels, lines=lines)
+
+
+def label_names(labels):
+    """The label map's names in id order: integers numerically, other strings sorted."""
+    unique = set(labels)
+    if all(label.lstrip("-").isdigit() for label in unique):
+        return [str(value) for value in sorted(int(label) for label in unique)]
+    return sorted(unique)
+
+
+def label_ids(examples, names):
+    """Map ``examples.labels`` to ids of ``names``; raise naming the first unknown label."""
+    index = {name: position for position, name in enumerate(names)}
+    ids = []
+    for label, line in zip(examples.labels, examples.lines):
+        if label not in index:
+            raise data_lib.DataError(
+                f"{examples.path}:{line}: label {label!r} is not in the label map "
+                f"{names} (taken from the training file)")
+        ids.append(index[label])
+    return ids
+
+
+def write_csv(path, texts, labels):
+    """Write a ``text,label`` CSV atomically (the format ``read`` takes)."""
+    temporary = f"{path}.partial-{os.getpid()}"
+    with open(temporary, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(texts, labels))
+    os.replace(temporary, path)

@@ -1,0 +1,69 @@
+"""The BERT recipe's built-in data set: WordNet definitions labelled with their topic.
+
+WordNet (Debian package ``wordnet-base``) sorts every noun synset into a "lexicographer
+file" such as noun.animal or noun.food, and gives each synset an English definition (its
+gloss). Classifying a definition into its topic is a real text classification task with
+tens of thousands of examples:
+
+    "a domestic animal kept for companionship"  ->  animal
+
+:func:`prepare` writes it as ``train.csv`` and ``validation.csv`` (``text,label``), the
+same format a user would supply. The split is fixed by synset offset (every tenth goes to
+validation), so it is the same on every machine and every run.
+"""
+
+import os
+
+from recipes import text_data
+from toolkit import data as data_lib
+
+# Lexicographer file numbers of the noun topics, from WordNet's lexnames(5WN) table.
+NOUN_TOPICS = {"animal": 5, "artifact": 6, "food": 13, "location": 15, "person": 18, "plant": 20}
+DEFAULT_TOPICS = ("animal", "artifact", "food", "location", "person", "plant")
+
+
+def definition(gloss):
+    """The definition part of a gloss: text before the first quoted usage example."""
+    text = gloss.split('"', 1)[0].strip().rstrip(";").strip()
+    return " ".join(text.split())
+
+
+def read_glosses(data_noun_path, topics):
+    """Yield (offset, topic, definition) for noun synsets of the given topics."""
+    number_to_topic = {NOUN_TOPICS[topic]: topic for topic in topics}
+    try:
+        stream = open(data_noun_path, encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise data_lib.DataError(f"cannot read {data_noun_path}: {error.strerror}; install the "
+                                 "Debian package wordnet-base (make setup does) or set "
+                                 "--wordnet_dir") from None
+    with stream:
+        for line in stream:
+            if line.startswith("  ") or "|" not in line:
+                continue  # the licence header, or a malformed line
+            fields, gloss = line.split("|", 1)
+            offset, lexicographer_file = fields.split()[:2]
+            topic = number_to_topic.get(int(lexicographer_file))
+            text = definition(gloss)
+            if topic and len(text) >= 3:
+                yield int(offset), topic, text
+
+
+def prepare(wordnet_dir, topics, output_dir):
+    """Write ``train.csv`` and ``validation.csv`` to ``output_dir`` unless already there."""
+    unknown = [topic for topic in topics if topic not in NOUN_TOPICS]
+    if unknown:
+        raise data_lib.DataError(f"unknown WordNet topics {unknown}; valid: "
+                                 + ", ".join(sorted(NOUN_TOPICS)))
+    paths = {split: os.path.join(output_dir, f"{split}.csv") for split in ("train", "validation")}
+    if all(os.path.exists(path) for path in paths.values()):
+        return paths
+    os.makedirs(output_dir, exist_ok=True)
+    splits = {"train": ([], []), "validation": ([], [])}
+    for offset, topic, text in read_glosses(os.path.join(wordnet_dir, "data.noun"), topics):
+        texts, labels = splits["validation" if offset % 10 == 0 else "train"]
+        texts.append(text)
+        labels.append(topic)
+    for split, (texts, labels) in splits.items():
+        text_data.write_csv(paths[split], texts, labels)
+    return paths
