@@ -31,8 +31,9 @@ SETUP_STAMP := $(VENV)/.setup-complete
 PIP_VERSION := 24.3.1
 HOROVOD_VERSION := $(shell sed -n 's/^horovod==//p' requirements.txt)
 HOROVOD_CACHE := .cache/horovod
-# Debian packages: the default image data set, and the compilers Horovod's build needs.
-SYSTEM_PACKAGES := dataset-fashion-mnist cmake g++ make
+# Debian packages: the default data sets (images: Fashion-MNIST; text: WordNet), and the
+# compilers Horovod's build needs.
+SYSTEM_PACKAGES := dataset-fashion-mnist wordnet-base cmake g++ make
 ifneq ($(filter /usr/bin/%,$(PYTHON)),)
 SYSTEM_PACKAGES += python3-venv python3-dev
 endif
@@ -48,8 +49,10 @@ $(SETUP_STAMP): requirements.txt
 	@$(MAKE) --no-print-directory system-packages
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet pip==$(PIP_VERSION)
-	grep -v '^horovod==' requirements.txt > $(VENV)/requirements-before-horovod.txt
-	$(PIP) install --quiet -r $(VENV)/requirements-before-horovod.txt
+	grep -v -e '^horovod==' -e '# no-deps' requirements.txt > $(VENV)/requirements-main.txt
+	$(PIP) install --quiet -r $(VENV)/requirements-main.txt
+	grep -e '# no-deps' requirements.txt | sed 's/#.*//' > $(VENV)/requirements-no-deps.txt
+	$(PIP) install --quiet --no-deps -r $(VENV)/requirements-no-deps.txt
 	@$(MAKE) --no-print-directory horovod
 	$(VENV)/bin/horovodrun --check-build | tee $(VENV)/horovod-check-build.txt
 	grep -q '\[X\] TensorFlow' $(VENV)/horovod-check-build.txt

@@ -8,17 +8,22 @@ tens of thousands of examples:
     "a domestic animal kept for companionship"  ->  animal
 
 :func:`prepare` writes it as ``train.csv`` and ``validation.csv`` (``text,label``), the
-same format a user would supply. The split is fixed by synset offset (every tenth goes to
-validation), so it is the same on every machine and every run.
+same format a user would supply. The split is fixed by a checksum of the definition text
+(one in ten goes to validation; WordNet repeats a few definitions, and a repeated text
+always lands in the same split), and rows are shuffled with a fixed seed (WordNet's file order groups topics
+together, so that a prefix would hold one topic only); both are the same everywhere.
 """
 
 import os
+import random
+import zlib
 
 from recipes import text_data
 from toolkit import data as data_lib
 
 # Lexicographer file numbers of the noun topics, from WordNet's lexnames(5WN) table.
 NOUN_TOPICS = {"animal": 5, "artifact": 6, "food": 13, "location": 15, "person": 18, "plant": 20}
+SHUFFLE_SEED = 20061206  # any fixed number; changing it changes the prepared files
 DEFAULT_TOPICS = ("animal", "artifact", "food", "location", "person", "plant")
 
 
@@ -29,7 +34,7 @@ def definition(gloss):
 
 
 def read_glosses(data_noun_path, topics):
-    """Yield (offset, topic, definition) for noun synsets of the given topics."""
+    """Yield (topic, definition) for noun synsets of the given topics."""
     number_to_topic = {NOUN_TOPICS[topic]: topic for topic in topics}
     try:
         stream = open(data_noun_path, encoding="utf-8", errors="replace")
@@ -42,11 +47,11 @@ def read_glosses(data_noun_path, topics):
             if line.startswith("  ") or "|" not in line:
                 continue  # the licence header, or a malformed line
             fields, gloss = line.split("|", 1)
-            offset, lexicographer_file = fields.split()[:2]
+            lexicographer_file = fields.split()[1]
             topic = number_to_topic.get(int(lexicographer_file))
             text = definition(gloss)
             if topic and len(text) >= 3:
-                yield int(offset), topic, text
+                yield topic, text
 
 
 def prepare(wordnet_dir, topics, output_dir):
@@ -60,10 +65,12 @@ def prepare(wordnet_dir, topics, output_dir):
         return paths
     os.makedirs(output_dir, exist_ok=True)
     splits = {"train": ([], []), "validation": ([], [])}
-    for offset, topic, text in read_glosses(os.path.join(wordnet_dir, "data.noun"), topics):
-        texts, labels = splits["validation" if offset % 10 == 0 else "train"]
+    for topic, text in read_glosses(os.path.join(wordnet_dir, "data.noun"), topics):
+        texts, labels = splits["validation" if zlib.crc32(text.encode()) % 10 == 0 else "train"]
         texts.append(text)
         labels.append(topic)
     for split, (texts, labels) in splits.items():
-        text_data.write_csv(paths[split], texts, labels)
+        order = list(range(len(texts)))
+        random.Random(SHUFFLE_SEED).shuffle(order)
+        text_data.write_csv(paths[split], [texts[i] for i in order], [labels[i] for i in order])
     return paths

@@ -25,7 +25,8 @@ def expect_refusal(arguments, *fragments):
 
 def test_unknown_recipe_lists_the_known_ones(tmp_path):
     expect_refusal(["--recipe=imag", f"--run_dir={tmp_path}/r"],
-                   "unknown recipe 'imag'", "known recipes: image", "did you mean 'image'")
+                   "unknown recipe 'imag'", "known recipes: bert, image",
+                   "did you mean 'image'")
 
 
 def test_unknown_config_key(tmp_path):
@@ -66,3 +67,14 @@ def test_read_only_run_dir(tmp_path):
         expect_refusal(["--recipe=image", f"--run_dir={target}"], "is not writable")
     finally:
         parent.chmod(0o700)
+
+
+def test_resuming_with_other_classes_is_refused(tmp_path):
+    from toolkit import run_folder
+
+    (tmp_path / "config.json").write_text('{"recipe": "bert", "class_names": ["a", "b"]}')
+    run_folder.check_same_classes(str(tmp_path), ["a", "b"])
+    import pytest
+
+    with pytest.raises(run_folder.RunFolderError, match=r"trained on classes \['a', 'b'\]"):
+        run_folder.check_same_classes(str(tmp_path), ["a", "c"])

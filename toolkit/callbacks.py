@@ -105,11 +105,16 @@ class StepScalars(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.throughput = throughput
 
+    def on_train_begin(self, logs=None):
+        # Counted locally: reading the optimizer's counter every batch would sync the device.
+        self.step = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
-        optimizer = self.model.optimizer
-        step = int(optimizer.iterations.numpy())
-        if step % self.every_steps:
+        self.step += 1
+        if self.step % self.every_steps:
             return
+        optimizer = self.model.optimizer
+        step = self.step
         learning_rate = optimizer.learning_rate
         if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             learning_rate = learning_rate(optimizer.iterations)

@@ -17,6 +17,7 @@ import typing
 from toolkit import config as config_lib
 
 RECIPE_MODULES = {
+    "bert": "recipes.bert",
     "image": "recipes.image",
 }
 

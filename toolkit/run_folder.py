@@ -106,6 +106,19 @@ def check_resumable(run_dir, recipe_name, config_dict):
     return True
 
 
+def check_same_classes(run_dir, class_names):
+    """Refuse to resume a run whose data had other classes (a different label map)."""
+    config_path = paths(run_dir)["config"]
+    if not os.path.exists(config_path):
+        return
+    previous = read_json(config_path).get("class_names")
+    if previous is not None and list(previous) != list(class_names):
+        raise RunFolderError(
+            f"RUN_DIR {run_dir} was trained on classes {previous}, but the data now has "
+            f"{list(class_names)}; the checkpoint's output layer would not match. Use the "
+            "original data or a new RUN_DIR")
+
+
 def check_writable(run_dir):
     """Create ``run_dir`` if needed and prove we can write in it; raise RunFolderError."""
     try:

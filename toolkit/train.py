@@ -133,6 +133,7 @@ def train(recipe, config, run_dir):
     agree(world, lambda: run_folder.check_resumable(run_dir, recipe.name, config_dict))
 
     data = recipe.build_data(config, world.shard())
+    agree(world, lambda: run_folder.check_same_classes(run_dir, data.class_names))
     steps_per_epoch = data.train_examples // config.batch_size_per_worker
     if steps_per_epoch == 0:
         raise TrainingError(
@@ -152,8 +153,13 @@ def train(recipe, config, run_dir):
     learning_rate = schedules.build(config, world.size, steps_per_epoch)
     optimizer = distributed.wrap_optimizer(schedules.build_optimizer(config, learning_rate),
                                            config)
+    if config.jit_compile:
+        # XLA compiles the model's forward and backward pass only. Compiling the whole train
+        # step (compile(jit_compile=True)) fails: XLA cannot compile Horovod's allreduce,
+        # which must stay outside, in the optimizer.
+        model.call = tf.function(model.call, jit_compile=True, reduce_retracing=True)
     model.compile(optimizer=optimizer, loss=recipe.build_loss(config),
-                  metrics=recipe.build_metrics(config), jit_compile=config.jit_compile)
+                  metrics=recipe.build_metrics(config))
     # Create the optimizer's slots now so that a restore fills them and the broadcast
     # below covers them; otherwise they would appear only in the first step.
     optimizer.build(model.trainable_variables)
@@ -172,6 +178,7 @@ def train(recipe, config, run_dir):
             "world_size": world.size,
             "hosts": sorted(set(distributed.allgather_object(world.hostname))),
             "data": data.description,
+            "class_names": list(data.class_names),
             "train_examples_per_worker": data.train_examples,
             "validation_examples_per_worker": data.validation_examples,
             "steps_per_epoch": steps_per_epoch,

@@ -1,0 +1,212 @@
+"""The BERT recipe: real pretrained weights, fine-tuning, two workers, the export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, environment, launch, read_json, train_single
+from recipes import bert
+from recipes import text_data
+from toolkit import data as data_lib
+from toolkit import recipe as recipe_lib
+
+TINY = [f"--{key}={value}" for key, value in recipe_lib.get("bert").tiny_overrides.items()]
+
+
+def sentence_embeddings(model, tokenizer, sentences):
+    """Mean-pooled last hidden states of the BERT encoder inside the classifier."""
+    transformer = next(layer for layer in model.layers if hasattr(layer, "bert"))
+    encoded = tokenizer(sentences, padding=True, return_tensors="np")
+    hidden = transformer.bert(dict(encoded), training=False).last_hidden_state.numpy()
+    mask = encoded["attention_mask"][..., None]
+    pooled = (hidden * mask).sum(axis=1) / mask.sum(axis=1)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+SIMILARITY_TRIPLETS = [  # (anchor, paraphrase, unrelated)
+    ("A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply."),
+    ("The cat sleeps on the sofa.", "A kitten is napping on the couch.", "He repaired the engine."),
+    ("It is raining heavily today.", "There is a downpour this afternoon.", "She plays the violin."),
+]
+
+
+def paraphrase_ranking_holds(model, tokenizer):
+    for anchor, paraphrase, unrelated in SIMILARITY_TRIPLETS:
+        embeddings = sentence_embeddings(model, tokenizer, [anchor, paraphrase, unrelated])
+        if not embeddings[0] @ embeddings[1] > embeddings[0] @ embeddings[2] + 0.2:
+            return False
+    return True
+
+
+@pytest.mark.timeout(200)
+def test_default_weights_are_the_real_pretrained_minilm():
+    config = bert.BertConfig()
+    tokenizer = bert.load_tokenizer(bert.resolve_model_dir(config.model))
+    classes = data_lib.Data(None, None, 0, 0, ["a", "b"], "")
+    pretrained = bert.build_model(config, classes)
+    # Only trained sentence encoders rank paraphrases far above unrelated sentences.
+    assert paraphrase_ranking_holds(pretrained, tokenizer)
+    random = bert.build_model(bert.BertConfig(pretrained=False), classes)
+    assert not paraphrase_ranking_holds(random, tokenizer)
+
+
+@pytest.mark.timeout(200)
+def test_export_tokenizer_matches_the_training_tokenizer():
+    import tensorflow as tf
+    import tensorflow_text
+
+    config = bert.BertConfig()
+    tokenizer = bert.load_tokenizer(bert.resolve_model_dir(config.model))
+    vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    in_graph = tensorflow_text.FastBertTokenizer(
+        vocab=[token for token, _ in vocabulary], token_out_type=tf.int32,
+        lower_case_nfd_strip_accents=True)
+    paths = bert._data_files(config)
+    texts = text_data.read(paths[1]).texts + ["Café déjà vu: naïve façade!", "日本語 text"]
+    expected = [ids[1:-1] for ids in tokenizer(texts)["input_ids"]]
+    got = in_graph.tokenize(tf.constant(texts)).to_list()
+    mismatches = [text for text, a, b in zip(texts, expected, got) if a != b]
+    assert len(mismatches) <= len(texts) // 1000, mismatches[:5]
+
+
+def test_config_errors():
+    from toolkit import config as config_lib
+
+    with pytest.raises(config_lib.ConfigError, match="need --pretrained=false"):
+        config_lib.build(bert.BertConfig, {"num_hidden_layers": "2"})
+    with pytest.raises(config_lib.ConfigError, match="set both config keys"):
+        config_lib.build(bert.BertConfig, {"train_file": "x.csv"})
+    with pytest.raises(data_lib.DataError, match="model folder ./nowhere does not exist"):
+        bert.resolve_model_dir("./nowhere")
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(400)
+def test_tiny_bert_on_two_workers_learns_and_stays_identical(tmp_path):
+    run_dir = str(tmp_path / "tiny")
+    launch(["--recipe=bert", "--np=2", f"--run_dir={run_dir}", *TINY, "--epochs=3",
+            "--max_train_examples=1024", "--base_learning_rate=0.001", "--warmup_epochs=0.2"])
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["weights_identical_on_all_ranks"] and summary["world_size"] == 2
+    losses = epoch_scalars(run_dir, "train", "epoch_loss")
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.05, losses
+
+
+def epoch_scalars(run_dir, split, tag):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    accumulator = event_accumulator.EventAccumulator(
+        os.path.join(run_dir, "tensorboard", split), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return [float(tensor_util.make_ndarray(event.tensor_proto))
+            for event in accumulator.Tensors(tag)]
+
+
+def write_pairs(path, count, separator):
+    """Paraphrase-or-not pairs: label 1 when both halves name the same animal."""
+    animals = ["dog", "cat", "horse", "goose", "whale", "spider"]
+    generator = np.random.default_rng(1)
+    rows = []
+    for _ in range(count):
+        first, second = generator.choice(animals, 2)
+        same = generator.random() < 0.5
+        second = first if same else second
+        rows.append((f"the {first} runs", f"a {second} sleeps", "same" if first == second
+                     else "different"))
+    with open(path, "w") as stream:
+        stream.write(separator.join(["text", "text_pair", "label"]) + "\n")
+        stream.writelines(separator.join(row) + "\n" for row in rows)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("switches", [["--mixed_precision=true"], ["--jit_compile=true"]])
+def test_sentence_pairs_with_mixed_precision_and_xla(tmp_path, run_dir, switches):
+    write_pairs(tmp_path / "train.tsv", 96, "\t")
+    write_pairs(tmp_path / "dev.tsv", 32, "\t")
+    train_single(run_dir, "bert", TINY + switches + [
+        f"--train_file={tmp_path}/train.tsv", f"--validation_file={tmp_path}/dev.tsv",
+        f"--cache_dir={tmp_path}/cache", "--epochs=1", "--max_steps_per_epoch=4"])
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["global_steps"] == 4
+    assert np.isfinite(summary["validation"]["loss"])
+    labels = read_json(os.path.join(run_dir, "export", "labels.json"))
+    assert labels["class_names"] == ["different", "same"]
+
+
+PREDICT = r"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # registers the tokenizer ops the export uses
+model = tf.saved_model.load(sys.argv[1])
+texts = json.loads(sys.argv[2])
+single = model.signatures["serving_default"](text=tf.constant(texts))
+pairs = model.signatures["serving_pairs"](text=tf.constant(texts), text_pair=tf.constant(texts))
+print("RESULT " + json.dumps({
+    "labels": [label.decode() for label in single["label"].numpy()],
+    "sums": single["probabilities"].numpy().sum(axis=1).tolist(),
+    "pair_shape": list(pairs["probabilities"].shape)}))
+"""
+
+
+@pytest.mark.timeout(400)
+def test_short_pretrained_fine_tune_beats_chance_and_its_export_answers_raw_strings(tmp_path):
+    run_dir = str(tmp_path / "finetune")
+    train_single(run_dir, "bert", ["--max_train_examples=1600", "--max_validation_examples=400",
+                                   "--base_learning_rate=1e-4", "--log_every_steps=10"],
+                 timeout=380)
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    validation = text_data.read(bert._data_files(bert.BertConfig())[1])
+    majority = max(validation.labels.count(name) for name in set(validation.labels)) / len(
+        validation.labels)
+    assert summary["validation"]["accuracy"] > majority + 0.3, (summary["validation"], majority)
+
+    texts, labels = validation.texts[:100], validation.labels[:100]
+    result = subprocess.run([PYTHON, "-c", PREDICT, os.path.join(run_dir, "export"),
+                             json.dumps(texts)], capture_output=True, text=True, timeout=120,
+                            env={**environment(), "PYTHONPATH": ""}, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.split("RESULT ", 1)[1])
+    assert np.allclose(answer["sums"], 1.0, atol=1e-4)
+    assert answer["pair_shape"] == [100, 6]
+    accuracy = np.mean([a == b for a, b in zip(answer["labels"], labels)])
+    assert accuracy > majority + 0.3, accuracy
+
+
+@pytest.mark.timeout(300)
+def test_local_folder_with_tensorflow_weights(tmp_path, run_dir):
+    """A Hugging Face folder holding tf_model.h5 is loaded, and then fine-tuned."""
+    import transformers
+
+    folder = str(tmp_path / "tiny-bert")
+    tokenizer = bert.load_tokenizer(bert.default_model_dir())
+    tokenizer.save_pretrained(folder)
+    saved = transformers.TFBertModel(transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64))
+    saved(saved.dummy_inputs)
+    saved.save_pretrained(folder)
+    assert os.path.exists(os.path.join(folder, "tf_model.h5"))
+
+    loaded = bert.build_transformer(bert.BertConfig(model=folder), num_labels=6)
+    np.testing.assert_array_equal(loaded.bert.embeddings.weight.numpy(),
+                                  saved.bert.embeddings.weight.numpy())
+    train_single(run_dir, "bert", [f"--model={folder}", "--max_train_examples=64",
+                                   "--max_validation_examples=32", "--batch_size_per_worker=8",
+                                   "--max_length=32", "--epochs=1", "--max_steps_per_epoch=2"])
+    assert read_json(os.path.join(run_dir, "summary.json"))["global_steps"] == 2
+
+
+def test_a_hub_id_that_cannot_be_downloaded_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import importlib
+
+    import huggingface_hub.constants
+
+    importlib.reload(huggingface_hub.constants)
+    with pytest.raises(data_lib.DataError, match="could not download model 'no-such/model'"):
+        bert.resolve_model_dir("no-such/model")
