@@ -4,6 +4,9 @@
 #   make test          # the whole test suite (what CI runs)
 #   make tensorboard   # serve the runs folder
 #   make config RECIPE=image   # list the recipe's config keys, types and defaults
+#   make doctor HOSTFILE=hostfiles/x   # check every host before a multi-host run
+#   make slurm RECIPE=bert NODES=4 GPUS_PER_NODE=8     # write jobs/bert.sbatch
+#   make mpijob RECIPE=bert NODES=4 IMAGE=repo/img:tag # write a Kubeflow MPIJob
 #   make setup         # what train/test do on first use: system packages, .venv, Horovod
 #
 # Knobs (Make variables, with defaults):
@@ -14,15 +17,23 @@ RUN_DIR ?=
 ARGS ?=
 RUNS_DIR ?= runs
 START_TIMEOUT ?= 60
+SSH_USER ?=
+SSH_PORT ?=
+SSH_IDENTITY ?=
+NETWORK_INTERFACE ?=
+SSH_KNOWN_HOSTS ?=
 TB_HOST ?= 127.0.0.1
 TB_PORT ?= 6006
 TEST_ARGS ?=
+NODES ?= 2
+GPUS_PER_NODE ?= 8
+IMAGE ?=
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages horovod train test tensorboard config clean
+.PHONY: help setup system-packages horovod train test tensorboard config doctor slurm mpijob clean
 
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
@@ -31,15 +42,18 @@ SETUP_STAMP := $(VENV)/.setup-complete
 PIP_VERSION := 24.3.1
 HOROVOD_VERSION := $(shell sed -n 's/^horovod==//p' requirements.txt)
 HOROVOD_CACHE := .cache/horovod
-# Debian packages: the default data sets (images: Fashion-MNIST; text: WordNet), and the
-# compilers Horovod's build needs.
-SYSTEM_PACKAGES := dataset-fashion-mnist wordnet-base cmake g++ make
+# Debian packages: the default data sets (images: Fashion-MNIST; text: WordNet; speech:
+# the text-to-speech engines and voices that speak it, and sox), and the compilers
+# Horovod's build needs.
+SYSTEM_PACKAGES := dataset-fashion-mnist wordnet-base \
+  espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox \
+  cmake g++ make
 ifneq ($(filter /usr/bin/%,$(PYTHON)),)
 SYSTEM_PACKAGES += python3-venv python3-dev
 endif
 
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(SETUP_STAMP)
 
@@ -105,13 +119,30 @@ horovod:
 	fi; \
 	$(PIP) install --quiet --no-deps $$wheel_dir/horovod-$(HOROVOD_VERSION)-*.whl
 
+LAUNCH_OPTIONS = --start_timeout=$(START_TIMEOUT) $(if $(NP),--np=$(NP)) \
+  $(if $(HOSTFILE),--hostfile=$(HOSTFILE)) $(if $(SSH_USER),--ssh_user=$(SSH_USER)) \
+  $(if $(SSH_PORT),--ssh_port=$(SSH_PORT)) $(if $(SSH_IDENTITY),--ssh_identity=$(SSH_IDENTITY)) \
+  $(if $(SSH_KNOWN_HOSTS),--ssh_known_hosts=$(SSH_KNOWN_HOSTS)) \
+  $(if $(NETWORK_INTERFACE),--network_interface=$(NETWORK_INTERFACE))
+
 train: setup
-	$(VENV_PYTHON) -m toolkit.launch --recipe=$(RECIPE) --start_timeout=$(START_TIMEOUT) \
-	  --runs_root=$(RUNS_DIR) $(if $(NP),--np=$(NP)) $(if $(HOSTFILE),--hostfile=$(HOSTFILE)) \
-	  $(if $(RUN_DIR),--run_dir=$(RUN_DIR)) $(ARGS)
+	$(VENV_PYTHON) -m toolkit.launch --recipe=$(RECIPE) --runs_root=$(RUNS_DIR) \
+	  $(LAUNCH_OPTIONS) $(if $(RUN_DIR),--run_dir=$(RUN_DIR)) $(ARGS)
 
 test: setup
 	$(VENV_PYTHON) -m pytest tests $(TEST_ARGS)
+
+doctor: setup
+	$(VENV_PYTHON) -m toolkit.doctor --runs_root=$(RUNS_DIR) \
+	  $(filter-out --np=%,$(LAUNCH_OPTIONS))
+
+slurm: setup
+	$(VENV_PYTHON) -m toolkit.schedulers slurm --recipe=$(RECIPE) --nodes=$(NODES) \
+	  --gpus_per_node=$(GPUS_PER_NODE) --output=jobs/$(RECIPE).sbatch $(ARGS)
+
+mpijob: setup
+	$(VENV_PYTHON) -m toolkit.schedulers mpijob --recipe=$(RECIPE) --nodes=$(NODES) \
+	  --gpus_per_node=$(GPUS_PER_NODE) --image=$(IMAGE) --output=jobs/$(RECIPE)-mpijob.yaml $(ARGS)
 
 config: setup
 	@$(VENV_PYTHON) -m toolkit.train --recipe=$(RECIPE) --help

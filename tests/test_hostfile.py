@@ -19,8 +19,10 @@ def test_comments_blank_lines_names_and_addresses():
 @pytest.mark.parametrize("line, problem", [
     ("node-1", "slots=<n> is missing"),
     ("node-1 slots=0", "slots must be a whole number >= 1, got '0'"),
-    ("node-1 slots=-2", "slots must be a whole number >= 1"),
-    ("node-1 slots=two", "slots must be a whole number >= 1, got 'two'"),
+    ("node-1 slots=-2", "slots must be a whole number, got '-2'"),
+    ("node-1 slots=two", "slots must be a whole number, got 'two'"),
+    ("node-1 slots=1 port=0", "port must be from 1 to 65535, got 0"),
+    ("node-1 slots=1 port=ssh", "port must be a whole number, got 'ssh'"),
     ("node-1 slots=2 slots=3", "slots is given twice"),
     ("node-1 max_slots=2", "unknown option 'max_slots=2'"),
     ("node-1 2", "unknown option '2'"),
@@ -37,6 +39,11 @@ def test_each_bad_line_names_file_line_text_and_what_is_valid(line, problem):
     assert message.startswith(f"hostfiles/bad:2: {line!r}")
     assert problem in message
     assert "<host> slots=<n>" in message
+
+
+def test_optional_ssh_port():
+    hosts = parse("a slots=1 port=2222\nb slots=2\n")
+    assert [(host.name, host.port) for host in hosts] == [("a", 2222), ("b", 0)]
 
 
 def test_duplicate_host_names_both_lines():

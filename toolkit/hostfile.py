@@ -1,7 +1,8 @@
 """Hostfiles: ``<host> slots=<n>`` per line, as Horovod and mpirun read them, validated.
 
 Accepted: ``#`` comments (whole-line or trailing), blank lines, host names (RFC 1123) and
-IPv4 literals, and exactly one ``slots=<n>`` with ``n >= 1`` per host. Rejected, with the
+IPv4 literals, exactly one ``slots=<n>`` with ``n >= 1`` per host, and optionally
+``port=<p>``, the host's ssh port (the launcher's ssh config applies it). Rejected, with the
 file, line number and text in the message: unknown syntax or keys, missing or
 non-positive slots, a host listed twice, anything that is not a valid name or address
 (so nothing can reach a shell through a host name), and IPv6 literals, which
@@ -13,7 +14,8 @@ import ipaddress
 import re
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-VALID_LINE = "'<host> slots=<n>' (a host name or IPv4 address, n >= 1, '#' starts a comment)"
+VALID_LINE = ("'<host> slots=<n> [port=<ssh port>]' (a host name or IPv4 address, n >= 1, "
+              "'#' starts a comment)")
 
 
 class HostfileError(ValueError):
@@ -25,6 +27,7 @@ class Host:
     name: str
     slots: int
     line: int
+    port: int = 0  # ssh port; 0 = the default
 
 
 def is_valid_host_name(name):
@@ -64,19 +67,24 @@ def parse_line(path, number, text):
                      "name in /etc/hosts")
     if not is_valid_host_name(name):
         raise _error(path, number, text, f"{name!r} is not a valid host name or IPv4 address")
-    slots = None
+    values = {}
     for option in options:
         key, equals, value = option.partition("=")
-        if key != "slots" or not equals:
+        if key not in ("slots", "port") or not equals:
             raise _error(path, number, text, f"unknown option {option!r}")
-        if slots is not None:
-            raise _error(path, number, text, "slots is given twice")
-        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
-            raise _error(path, number, text, f"slots must be a whole number >= 1, got {value!r}")
-        slots = int(value)
-    if slots is None:
+        if key in values:
+            raise _error(path, number, text, f"{key} is given twice")
+        if not re.fullmatch(r"[0-9]+", value):
+            raise _error(path, number, text, f"{key} must be a whole number, got {value!r}")
+        values[key] = int(value)
+    if "slots" not in values:
         raise _error(path, number, text, "slots=<n> is missing")
-    return Host(name=name, slots=slots, line=number)
+    if values["slots"] < 1:
+        raise _error(path, number, text, f"slots must be a whole number >= 1, got "
+                     f"'{values['slots']}'")
+    if not 1 <= values.get("port", 22) <= 65535:
+        raise _error(path, number, text, f"port must be from 1 to 65535, got {values['port']}")
+    return Host(name=name, slots=values["slots"], line=number, port=values.get("port", 0))
 
 
 def parse_text(path, text):

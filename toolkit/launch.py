@@ -7,10 +7,16 @@ horovodrun command is built as an argument list (no shell), so no value given he
 run as a command.
 
     python -m toolkit.launch --recipe=image [--np=N] [--hostfile=FILE] [--run_dir=DIR]
-                             [--start_timeout=S] [--dry_run] [--key=value ...]
+        [--start_timeout=S] [--ssh_user=U] [--ssh_port=P] [--ssh_identity=FILE]
+        [--network_interface=IF[,IF]] [--dry_run] [--key=value ...]
+
+With a hostfile naming other machines, every host is first checked over ssh (in
+parallel, bounded by the start timeout); an unreachable host stops the launch with its
+name and ssh's reason. ssh settings reach horovodrun through toolkit/remote.py.
 """
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -21,6 +27,7 @@ import toolkit  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from toolkit import config as config_lib
 from toolkit import hostfile as hostfile_lib
 from toolkit import recipe as recipe_lib
+from toolkit import remote
 from toolkit import run_folder
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +62,12 @@ def parse_arguments(argv):
     parser.add_argument("--runs_root", default=os.path.join(PROJECT_ROOT, "runs"))
     parser.add_argument("--start_timeout", type=int, default=60,
                         help="seconds horovodrun waits for all workers to start")
+    parser.add_argument("--ssh_user", default="")
+    parser.add_argument("--ssh_port", type=int, default=0)
+    parser.add_argument("--ssh_identity", default="", help="private key file for ssh")
+    parser.add_argument("--ssh_known_hosts", default="", help="known_hosts file for ssh")
+    parser.add_argument("--network_interface", default="",
+                        help="interface(s) for Horovod traffic, e.g. eth0 or ib0,eth0")
     parser.add_argument("--dry_run", action="store_true", help="print the command, run nothing")
     return parser.parse_known_args(argv)
 
@@ -67,17 +80,37 @@ def parse_np(text, hosts):
     return int(text)
 
 
-def horovodrun_command(np, hosts, start_timeout, worker_arguments):
+def horovodrun_command(np, hosts, options, worker_arguments):
     """The full horovodrun argument list."""
     host_argument = hostfile_lib.horovod_hosts(hosts) if hosts else f"localhost:{np}"
     horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    return [horovodrun, "-np", str(np), "-H", host_argument, "--gloo",
-            "--start-timeout", str(start_timeout),
-            sys.executable, "-m", "toolkit.train", *worker_arguments]
+    command = [horovodrun, "-np", str(np), "-H", host_argument, "--gloo",
+               "--start-timeout", str(options.start_timeout)]
+    if options.network_interface:
+        command += ["--network-interface", options.network_interface]
+    return command + [sys.executable, "-m", "toolkit.train", *worker_arguments]
 
 
-def worker_environment():
+def ssh_settings(options):
+    if options.ssh_identity and not os.path.isfile(options.ssh_identity):
+        raise ValueError(f"SSH_IDENTITY file {options.ssh_identity} does not exist")
+    if options.ssh_port and not 1 <= options.ssh_port <= 65535:
+        raise ValueError(f"SSH_PORT must be from 1 to 65535, got {options.ssh_port}")
+    if options.network_interface and not all(
+            part.replace("-", "").replace(".", "").replace("_", "").isalnum()
+            for part in options.network_interface.split(",")):
+        raise ValueError(f"NETWORK_INTERFACE {options.network_interface!r} is not a list of "
+                         "interface names such as eth0 or ib0,eth0")
+    return remote.SshSettings(user=options.ssh_user, port=options.ssh_port,
+                              identity_file=options.ssh_identity,
+                              known_hosts_file=options.ssh_known_hosts,
+                              connect_timeout=options.start_timeout)
+
+
+def worker_environment(ssh_wrapper_dir=None):
     environment = dict(os.environ)
+    if ssh_wrapper_dir:
+        environment["PATH"] = ssh_wrapper_dir + os.pathsep + environment.get("PATH", "")
     environment["TF_USE_LEGACY_KERAS"] = "1"
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     environment["PYTHONPATH"] = os.pathsep.join(
@@ -86,8 +119,17 @@ def worker_environment():
     return environment
 
 
+@dataclasses.dataclass
+class Launch:
+    command: list
+    run_dir: str
+    hosts: list
+    ssh: remote.SshSettings
+    dry_run: bool
+
+
 def prepare(argv):
-    """Validate everything; return (command, run_dir). Raises ValueError on bad input."""
+    """Validate everything that needs no network; return a Launch. ValueError on bad input."""
     options, overrides_list = parse_arguments(argv)
     recipe = recipe_lib.get(options.recipe)
     overrides = config_lib.split_overrides(overrides_list)
@@ -96,18 +138,23 @@ def prepare(argv):
     np = parse_np(options.np, hosts)
     if hosts:
         hostfile_lib.check_np(options.hostfile, hosts, np)
+    if options.start_timeout < 1:
+        raise ValueError(f"START_TIMEOUT must be a number of seconds >= 1, got "
+                         f"{options.start_timeout}")
+    settings = ssh_settings(options)
     run_dir = os.path.abspath(options.run_dir or run_folder.default_path(options.runs_root,
                                                                          recipe.name))
     run_folder.check_resumable(run_dir, recipe.name, config_lib.to_dict(config))
     run_folder.check_writable(run_dir)
     worker_arguments = [f"--recipe={recipe.name}", f"--run_dir={run_dir}"] + [
         f"--{key}={value}" for key, value in overrides.items()]
-    return horovodrun_command(np, hosts, options.start_timeout, worker_arguments), run_dir
+    return Launch(command=horovodrun_command(np, hosts, options, worker_arguments),
+                  run_dir=run_dir, hosts=hosts, ssh=settings, dry_run=options.dry_run)
 
 
-def run(command):
+def run(command, environment):
     """Run horovodrun, passing SIGTERM on to it; return its exit code."""
-    process = subprocess.Popen(command, env=worker_environment(), cwd=PROJECT_ROOT)
+    process = subprocess.Popen(command, env=environment, cwd=PROJECT_ROOT)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
     try:
         return process.wait()
@@ -115,17 +162,41 @@ def run(command):
         signal.signal(signal.SIGTERM, previous)
 
 
+def launch(plan):
+    """Check the hosts over ssh, then run horovodrun; return the exit code."""
+    ssh_dir = None
+    try:
+        wrapper_dir = None
+        if any(not remote.is_local(host.name) for host in plan.hosts):
+            ssh_dir = remote.make_ssh_directory()
+            wrapper_dir = remote.write_ssh_config(plan.ssh, plan.hosts, ssh_dir)
+            failures = remote.unreachable_hosts(wrapper_dir, [host.name for host in plan.hosts],
+                                                timeout=plan.ssh.connect_timeout + 5)
+            if failures:
+                for name, reason in failures.items():
+                    print(f"error: host {name} is not reachable over ssh: {reason}",
+                          file=sys.stderr)
+                print("Check the host is up and reachable (make doctor HOSTFILE=...); "
+                      "nothing was launched.", file=sys.stderr)
+                return 2
+        return run(plan.command, worker_environment(wrapper_dir))
+    finally:
+        if ssh_dir:
+            shutil.rmtree(ssh_dir, ignore_errors=True)
+
+
 def main(argv=None):
     try:
-        command, run_dir = prepare(sys.argv[1:] if argv is None else argv)
+        plan = prepare(sys.argv[1:] if argv is None else argv)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         print("Nothing was launched.", file=sys.stderr)
         return 2
-    print("[launch] " + " ".join(command), flush=True)
-    if "--dry_run" in (sys.argv[1:] if argv is None else argv):
+    print("[launch] " + " ".join(plan.command), flush=True)
+    if plan.dry_run:
         return 0
-    code = run(command)
+    code = launch(plan)
+    run_dir = plan.run_dir
     if code == 0:
         print(f"[launch] finished. Results: {run_dir}\n"
               f"[launch]   summary:     {os.path.join(run_dir, 'summary.json')}\n"

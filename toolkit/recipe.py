@@ -19,6 +19,7 @@ from toolkit import config as config_lib
 RECIPE_MODULES = {
     "bert": "recipes.bert",
     "image": "recipes.image",
+    "speech": "recipes.speech",
 }
 
 
@@ -32,6 +33,9 @@ class Recipe:
     ``build_serving(config, model, data) -> tf.Module``: exported as the SavedModel; its
     ``signatures()`` method names the functions to export, ``serving_default`` among them,
     which take raw inputs (encoded images, strings, waveforms).
+    ``build_reports(config, model, data) -> dict`` (optional): extra evaluations run on the
+    chief after training (e.g. accuracy per group on a test split), saved in summary.json
+    under ``reports``; it must not perform collectives.
     ``tiny_overrides``: config overrides for a seconds-long run through the real code
     (the tests train every registered recipe with them).
     """
@@ -45,6 +49,7 @@ class Recipe:
     build_metrics: typing.Callable
     build_serving: typing.Callable
     tiny_overrides: typing.Dict[str, str]
+    build_reports: typing.Optional[typing.Callable] = None
 
 
 class UnknownRecipeError(ValueError):

@@ -26,6 +26,7 @@ Arguments: ``--recipe=NAME --run_dir=DIR`` and any ``--key=value`` config overri
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 
@@ -99,6 +100,17 @@ def agree(world, check):
     message = distributed.broadcast_object(message)
     if message:
         raise TrainingError(message)
+
+
+def worker_identity(world):
+    """Where this rank ran: host name, local rank and its network addresses."""
+    import psutil
+
+    addresses = sorted(address.address for interface, entries in psutil.net_if_addrs().items()
+                       for address in entries
+                       if address.family == socket.AF_INET and interface != "lo")
+    return {"rank": world.rank, "hostname": world.hostname, "local_rank": world.local_rank,
+            "addresses": addresses, "pid": os.getpid()}
 
 
 def weights_sha256(model):
@@ -176,7 +188,7 @@ def train(recipe, config, run_dir):
             "recipe": recipe.name,
             "config": config_dict,
             "world_size": world.size,
-            "hosts": sorted(set(distributed.allgather_object(world.hostname))),
+            "workers": distributed.allgather_object(worker_identity(world)),
             "data": data.description,
             "class_names": list(data.class_names),
             "train_examples_per_worker": data.train_examples,
@@ -194,7 +206,7 @@ def train(recipe, config, run_dir):
               f"run folder {run_dir}" + (f"; resuming after epoch {epochs_done}"
                                          if epochs_done else ""), flush=True)
     else:
-        distributed.allgather_object(world.hostname)  # matches the chief's gather above
+        distributed.allgather_object(worker_identity(world))  # matches the chief's gather
 
     throughput = callbacks_lib.Throughput(config.batch_size_per_worker * world.size, world.size)
     # Order matters: Horovod's broadcast and metric averaging first, so that everything
@@ -240,6 +252,8 @@ def train(recipe, config, run_dir):
         "wall_seconds": round(time.time() - started, 1),
     }
     if world.is_chief:
+        if recipe.build_reports is not None:
+            summary["reports"] = recipe.build_reports(config, model, data)
         if config.export:
             from toolkit import export
 

@@ -1,0 +1,93 @@
+"""Two hosts on one machine (network namespaces with their own sshd), through make."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import PROJECT_ROOT, TINY_IMAGE, environment, read_json
+import netns_cluster
+
+AVAILABLE, WHY_NOT = netns_cluster.available()
+pytestmark = [pytest.mark.multiprocess,
+              pytest.mark.skipif(not AVAILABLE, reason=f"multi-host test: {WHY_NOT}")]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with netns_cluster.Cluster(tmp_path / "cluster") as running:
+        yield running
+
+
+def make(target, variables, timeout):
+    command = ["make", "--no-print-directory", target] + [f"{key}={value}"
+                                                         for key, value in variables.items()]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=environment(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def cluster_variables(cluster, hostfile, **extra):
+    return {"HOSTFILE": hostfile, "SSH_IDENTITY": cluster.client_key,
+            "SSH_KNOWN_HOSTS": cluster.known_hosts, "NETWORK_INTERFACE": "tk0", **extra}
+
+
+@pytest.mark.timeout(400)
+def test_training_across_two_hosts(cluster, tmp_path):
+    hostfile = cluster.hostfile(tmp_path / "hosts")
+    run_dir = str(tmp_path / "run")
+    result = make("train", cluster_variables(
+        cluster, hostfile, RECIPE="image", NP=2, RUN_DIR=run_dir,
+        ARGS=" ".join(TINY_IMAGE + ["--epochs=2", "--max_steps_per_epoch=10"])), timeout=380)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    workers = {worker["rank"]: worker for worker in
+               read_json(os.path.join(run_dir, "config.json"))["workers"]}
+    # Each rank saw its own namespace's address: they really ran on different hosts.
+    assert "10.77.0.11" in workers[0]["addresses"] and "10.77.0.12" not in workers[0]["addresses"]
+    assert "10.77.0.12" in workers[1]["addresses"] and "10.77.0.11" not in workers[1]["addresses"]
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["world_size"] == 2 and summary["global_steps"] == 20
+    assert summary["weights_identical_on_all_ranks"]
+    for index in (0, 1):
+        assert cluster.processes_in(index, run_dir) == []
+
+
+@pytest.mark.timeout(200)
+def test_unreachable_host_fails_fast_naming_it(cluster, tmp_path):
+    hostfile = cluster.hostfile(tmp_path / "hosts")
+    cluster.link_down(1)
+    run_dir = str(tmp_path / "run")
+    started = time.time()
+    result = make("train", cluster_variables(cluster, hostfile, RECIPE="image", NP=2,
+                                             RUN_DIR=run_dir, START_TIMEOUT=5), timeout=120)
+    elapsed = time.time() - started
+    assert result.returncode != 0
+    assert "host 10.77.0.12 is not reachable over ssh" in result.stderr
+    assert "10.77.0.11 is not" not in result.stderr
+    assert elapsed < 5 + 30, elapsed  # the timeout plus start-up, not ssh's 2-minute default
+    for index in (0, 1):
+        assert cluster.processes_in(index, "toolkit.train") == []
+    assert not os.path.exists(os.path.join(run_dir, "config.json"))
+
+
+@pytest.mark.timeout(300)
+def test_doctor_reports_healthy_and_broken_hosts(cluster, tmp_path):
+    hostfile = cluster.hostfile(tmp_path / "hosts")
+    variables = cluster_variables(cluster, hostfile, RUNS_DIR=str(tmp_path / "runs"),
+                                  START_TIMEOUT=5)
+    healthy = make("doctor", variables, timeout=250)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    rows = {line.split()[0]: line for line in healthy.stdout.splitlines()
+            if line.startswith("10.77.0.")}
+    assert set(rows) == {"10.77.0.11", "10.77.0.12"}
+    assert all(" ok " in row and "0.28.1" in row and "!" not in row for row in rows.values())
+    assert "allreduce: ok, 2 workers" in healthy.stdout
+
+    cluster.link_down(1)
+    broken = make("doctor", variables, timeout=250)
+    assert broken.returncode != 0  # make reports the doctor's exit 1 as 2
+    rows = {line.split()[0]: line for line in broken.stdout.splitlines()
+            if line.startswith("10.77.0.")}
+    assert " ok " in rows["10.77.0.11"] and "FAILED" in rows["10.77.0.12"]
+    assert "10.77.0.12: ssh failed" in broken.stdout
+    assert "allreduce: skipped" in broken.stdout

@@ -1,0 +1,200 @@
+"""The speech recipe: generated data, features, bad clips, two workers, the export."""
+
+import hashlib
+import json
+import os
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import PYTHON, environment, launch, read_json
+from recipes import speech
+from recipes import speech_synth
+from toolkit import config as config_lib
+from toolkit import data as data_lib
+from toolkit import recipe as recipe_lib
+
+TINY = [f"--{key}={value}" for key, value in recipe_lib.get("speech").tiny_overrides.items()]
+
+
+def write_wav(path, samples, rate=16000, channels=1):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = np.clip(np.round(np.asarray(samples) * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(channels)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(data.tobytes())
+
+
+def tone(frequency, seconds=0.5, rate=16000):
+    times = np.arange(int(seconds * rate)) / rate
+    return 0.5 * np.sin(2 * np.pi * frequency * times)
+
+
+def file_digests(directory):
+    digests = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            if name.endswith(".wav"):
+                with open(os.path.join(root, name), "rb") as stream:
+                    digests[os.path.relpath(os.path.join(root, name), directory)] = (
+                        hashlib.sha256(stream.read()).hexdigest())
+    return digests
+
+
+@pytest.mark.timeout(240)
+def test_generation_layout_audio_and_determinism(tmp_path):
+    words = ["yes", "go"]
+    first = speech_synth.generate(str(tmp_path / "a"), words, 10, 1, seed=7, workers=2)
+    second = speech_synth.generate(str(tmp_path / "b"), words, 10, 1, seed=7, workers=2)
+    digests = file_digests(first)
+    assert digests == file_digests(second)  # same seed, same bytes
+    manifest = read_json(os.path.join(first, "generation.json"))
+    engines = {info["engine"] for info in manifest["speakers"].values()}
+    assert engines == {"espeak", "flite", "festival"}
+    assert len(digests) == manifest["clips"] == 2 * (10 + 8 * 4)
+    for relative in list(digests)[:40]:
+        with wave.open(os.path.join(first, relative)) as reader:
+            assert (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) == (
+                16000, 1, 2)
+            samples = np.frombuffer(reader.readframes(reader.getnframes()), "<i2")
+        assert 0.05 < len(samples) / 16000 < 1.0
+        assert np.sqrt(np.mean((samples / 32768.0) ** 2)) > 0.02  # not silence
+    # Speakers never cross splits, and every engine is in training.
+    listed = {}
+    for split, name in (("validation", "validation_list.txt"), ("test", "testing_list.txt")):
+        with open(os.path.join(first, name)) as stream:
+            for line in stream:
+                listed[line.strip()] = split
+    speakers = {}
+    for relative in digests:
+        speakers.setdefault(speech.speaker_of(os.path.basename(relative)), set()).add(
+            listed.get(relative, "train"))
+    assert all(len(splits) == 1 for splits in speakers.values())
+    train_engines = {speaker.split("-")[0] for speaker, splits in speakers.items()
+                     if splits == {"train"}}
+    assert train_engines == {"espeak", "flite", "festival"}
+
+
+def test_a_pure_tone_lands_in_the_right_mel_band():
+    config = speech.SpeechConfig()
+    mel_edges = tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=config.mel_bands, num_spectrogram_bins=257, sample_rate=16000,
+        lower_edge_hertz=20.0, upper_edge_hertz=7600.0).numpy()
+    bin_hertz = np.arange(257) * 16000 / 512
+    for frequency in (300.0, 1000.0, 4000.0):
+        features = speech.log_mel(tf.constant(tone(frequency, 1.0), tf.float32), config).numpy()
+        assert features.shape == (98, 40)
+        loudest_band = int(np.argmax(features.mean(axis=0)))
+        # The band whose triangular filter weighs the tone's frequency most.
+        expected = int(np.argmax(mel_edges[int(round(frequency / (16000 / 512)))]))
+        assert loudest_band == expected, (frequency, loudest_band, expected)
+        peak_hertz = bin_hertz[np.argmax(mel_edges[:, loudest_band])]
+        assert abs(peak_hertz - frequency) < 0.15 * frequency
+
+
+def make_folder(root, words=("up", "down"), speakers=4):
+    for word_index, word in enumerate(words):
+        for speaker in range(speakers):
+            write_wav(root / word / f"s{speaker}_nohash_0.wav",
+                      tone(300 + 400 * word_index + 20 * speaker, 0.6))
+
+
+def config_for(folder, **overrides):
+    values = {"data_dir": str(folder), "batch_size_per_worker": "2", **overrides}
+    return config_lib.build(speech.SpeechConfig, values)
+
+
+def test_bad_clips_are_reported_and_skipped_or_rejected(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "up" / "corrupt_nohash_0.wav").write_bytes(b"RIFF\x00\x00not a wave file")
+    write_wav(tmp_path / "up" / "stereo_nohash_0.wav", np.zeros(3200), channels=2)
+    write_wav(tmp_path / "down" / "empty_nohash_0.wav", [])
+    clips, labels, _, report = speech.scan_folder(config_for(tmp_path), str(tmp_path))
+    assert labels == ["down", "up"] and len(clips) == 8
+    assert report["skipped"] == 3
+    assert any("corrupt_nohash_0.wav cannot be decoded" in line
+               for line in report["skipped_examples"])
+    assert any("stereo_nohash_0.wav has 2 channels, not mono" in line
+               for line in report["skipped_examples"])
+    assert any("empty_nohash_0.wav is empty" in line for line in report["skipped_examples"])
+    with pytest.raises(data_lib.DataError, match="3 bad clips in .*--bad_clips=skip"):
+        speech.scan_folder(config_for(tmp_path, bad_clips="error"), str(tmp_path))
+
+
+def test_empty_label_folder_is_an_error_naming_it(tmp_path):
+    make_folder(tmp_path)
+    os.makedirs(tmp_path / "left")
+    with pytest.raises(data_lib.DataError, match=f"label folder {tmp_path}/left has no .wav"):
+        speech.scan_folder(config_for(tmp_path), str(tmp_path))
+
+
+def test_other_sample_rates_are_resampled(tmp_path):
+    make_folder(tmp_path)
+    write_wav(tmp_path / "up" / "slow_nohash_0.wav", tone(1000, 0.5, rate=8000), rate=8000)
+    config = config_for(tmp_path, cache_dir=str(tmp_path / "cache"))
+    clips, _, _, report = speech.scan_folder(config, str(tmp_path))
+    assert report["resampled"] == 1
+    resampled = next(clip.path for clip in clips if clip.relative == "up/slow_nohash_0.wav")
+    with wave.open(resampled) as reader:
+        assert reader.getframerate() == 16000 and reader.getnframes() == 8000  # 0.5 s
+    features = speech.log_mel(tf.constant(speech.fit_length(
+        tf.audio.decode_wav(tf.io.read_file(resampled))[0][:, 0], 16000)), config).numpy()
+    reference = speech.log_mel(tf.constant(tone(1000, 1.0), tf.float32), config).numpy()
+    assert np.argmax(features.mean(axis=0)) == np.argmax(reference.mean(axis=0))
+
+
+def test_split_by_speaker_without_list_files(tmp_path):
+    make_folder(tmp_path, speakers=40)
+    config = config_for(tmp_path)
+    clips, _, _, _ = speech.scan_folder(config, str(tmp_path))
+    splits = speech.split_clips(clips, str(tmp_path), config)
+    speakers = {split: {clip.speaker for clip in members} for split, members in splits.items()}
+    assert not speakers["train"] & speakers["validation"]
+    assert not speakers["train"] & speakers["test"]
+    assert speakers["validation"] and speakers["test"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(400)
+def test_tiny_model_on_two_workers_learns_and_stays_identical(tmp_path):
+    run_dir = str(tmp_path / "tiny")
+    launch(["--recipe=speech", "--np=2", f"--run_dir={run_dir}", *TINY, "--epochs=6",
+            "--base_learning_rate=0.005", "--width=16", "--noise_probability=0"])
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["weights_identical_on_all_ranks"] and summary["world_size"] == 2
+    from test_bert import epoch_scalars
+
+    losses = epoch_scalars(run_dir, "train", "epoch_loss")
+    assert len(losses) == 6 and losses[-1] < losses[0], losses
+    assert set(summary["reports"]["test_accuracy_by_group"]) == {"espeak", "flite", "festival"}
+
+    export = os.path.join(run_dir, "export")
+    result = subprocess.run([PYTHON, "-c", PREDICT, export], capture_output=True, text=True,
+                            timeout=120, env={**environment(), "PYTHONPATH": ""},
+                            cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.split("RESULT ", 1)[1])
+    assert set(answer["labels"]) <= {"yes", "no"}
+    assert np.allclose(answer["sums"], 1.0, atol=1e-4)
+    assert answer["shape"] == [3, 2]
+
+
+PREDICT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+# Raw 16 kHz waveforms of different lengths, padded into one batch with zeros.
+waves = np.zeros((3, 20000), np.float32)
+waves[0, :8000] = 0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 440)
+waves[1] = np.random.default_rng(0).normal(0, 0.05, 20000)
+out = model.signatures["serving_default"](waveform=tf.constant(waves))
+print("RESULT " + json.dumps({"labels": [x.decode() for x in out["label"].numpy()],
+                              "sums": out["probabilities"].numpy().sum(axis=1).tolist(),
+                              "shape": list(out["probabilities"].shape)}))
+"""
