@@ -47,7 +47,9 @@ HOROVOD_CACHE := .cache/horovod
 # Horovod's build needs.
 SYSTEM_PACKAGES := dataset-fashion-mnist wordnet-base \
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox \
-  cmake g++ make
+  openssh-client cmake g++ make
+# For the tests only: the multi-host test runs sshd in network namespaces.
+TEST_SYSTEM_PACKAGES := openssh-server iproute2 util-linux
 ifneq ($(filter /usr/bin/%,$(PYTHON)),)
 SYSTEM_PACKAGES += python3-venv python3-dev
 endif
@@ -74,8 +76,9 @@ $(SETUP_STAMP): requirements.txt
 	touch $@
 	@echo "setup complete: $(VENV) (Horovod $(HOROVOD_VERSION), see $(VENV)/horovod-check-build.txt)"
 
+PACKAGES ?= $(SYSTEM_PACKAGES)
 system-packages:
-	@missing=$$(for package in $(SYSTEM_PACKAGES); do \
+	@missing=$$(for package in $(PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$package 2>/dev/null | grep -q 'install ok installed' \
 	      || echo $$package; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -130,6 +133,7 @@ train: setup
 	  $(LAUNCH_OPTIONS) $(if $(RUN_DIR),--run_dir=$(RUN_DIR)) $(ARGS)
 
 test: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(TEST_SYSTEM_PACKAGES)"
 	$(VENV_PYTHON) -m pytest tests $(TEST_ARGS)
 
 doctor: setup

@@ -1,6 +1,7 @@
 """Preflight checks of every host in a hostfile: ``make doctor HOSTFILE=...``.
 
-For each host, over the same ssh settings a launch uses: ssh reachable; Python,
+For each host, over the same ssh settings a launch uses: ssh reachable; the host name
+resolves to a non-loopback address (Horovod's Gloo needs that across hosts); Python,
 TensorFlow, Horovod and transformers versions equal to this machine's; Horovod built with
 the same controllers and operations; GPUs visible versus slots; the runs folder writable,
 and whether it is the same shared filesystem as here; free disk. Then, if every host
@@ -14,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +32,11 @@ COMPARED_VERSIONS = ("python", "tensorflow", "tf-keras", "horovod", "transformer
 
 def probe(runs_root, token_name, token):
     """What this host looks like (runs on each host, prints JSON)."""
-    found = {"versions": versions_lib.collect()}
+    found = {"versions": versions_lib.collect(), "hostname": socket.gethostname()}
+    try:
+        found["hostname_address"] = socket.gethostbyname(found["hostname"])
+    except OSError:
+        found["hostname_address"] = None
     try:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         import horovod.tensorflow as hvd
@@ -90,9 +96,20 @@ def allreduce_probe(megabytes, repeats):
             flush=True)
 
 
-def check_host(host, local, found, slots):
+def check_host(host, local, found, slots, multi_host):
     """[(column, text, problem or None)] for one host's probe results."""
     rows = []
+    address = found.get("hostname_address")
+    name_problem = None
+    if multi_host and (address is None or address.startswith("127.")):
+        # Horovod 0.28.1 creates the Gloo context of its global process set on the address
+        # of the host name, ignoring NETWORK_INTERFACE: a name that resolves to loopback
+        # (Debian's default /etc/hosts maps it to 127.0.1.1) makes the other hosts connect
+        # to 127.0.0.1 and fail with "Connection refused".
+        name_problem = (f"{host}: its host name {found['hostname']!r} resolves to "
+                        f"{address or 'nothing'}; map it to the host's cluster address in "
+                        "/etc/hosts or DNS (Horovod's Gloo uses it)")
+    rows.append(("hostname", f"{found['hostname']}={address}", name_problem))
     versions = found["versions"]
     for package in COMPARED_VERSIONS:
         ours, theirs = local["versions"].get(package), versions.get(package)
@@ -232,7 +249,7 @@ def diagnose(hosts, options, wrapper_dir):
     finally:
         os.unlink(os.path.join(options.runs_root, token_name))
 
-    columns = ["ssh", *COMPARED_VERSIONS, "horovod build", "gpus/slots", "run dir",
+    columns = ["ssh", "hostname", *COMPARED_VERSIONS, "horovod build", "gpus/slots", "run dir",
                "shared fs", "free disk"]
     rows_by_host, problems = {}, []
     for host, (found, failure) in zip(hosts, results):
@@ -240,7 +257,8 @@ def diagnose(hosts, options, wrapper_dir):
             rows_by_host[host.name] = [("ssh", "FAILED", failure)]
             problems.append(f"{host.name}: {failure}")
             continue
-        rows = [("ssh", "ok", None)] + check_host(host.name, local, found, host.slots)
+        rows = [("ssh", "ok", None)] + check_host(host.name, local, found, host.slots,
+                                                  multi_host=len(hosts) > 1)
         rows_by_host[host.name] = rows
         problems += [problem for _, _, problem in rows if problem]
     print_table(rows_by_host, columns)
