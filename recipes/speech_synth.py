@@ -49,6 +49,7 @@ FLITE_SPLIT = {"kal": "train", "kal16": "train", "slt": "train", "awb": "validat
 FESTIVAL_SPLIT = {"kal": "train", "slt-hts": "train", "ked": "test"}
 SAMPLE_RATE = 16000
 SMALL_ENGINE_FACTOR = 6
+GENERATOR_VERSION = 2  # part of the cache key: bump when the generated audio changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,9 @@ def _record(voice, word, variation_index, output_path):
             effects += ["pitch", str(round(1200 * math.log2(pitch))), "tempo", str(speed)]
         effects += ["silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%",
                     "reverse", "norm", "-3"]
-        subprocess.run(["sox", raw_path, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+        # -D: no dither, which sox otherwise adds at random when it reduces bit depth, so
+        # that the same seed gives the same bytes.
+        subprocess.run(["sox", "-D", raw_path, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
                         output_path, *effects], check=True, capture_output=True)
 
 
@@ -206,6 +209,6 @@ def _generate_into(directory, words, espeak_speakers, variations_per_speaker, se
 
 def dataset_dir(cache_dir, words, espeak_speakers, variations_per_speaker, seed):
     """Where the data set for these settings lives; settings change the folder name."""
-    key = hashlib.sha256(json.dumps([list(words), espeak_speakers, variations_per_speaker,
-                                     seed]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([GENERATOR_VERSION, list(words), espeak_speakers,
+                                     variations_per_speaker, seed]).encode()).hexdigest()[:12]
     return os.path.join(cache_dir, "speech-tts", key)

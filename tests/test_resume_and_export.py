@@ -58,7 +58,7 @@ def test_killed_run_resumes_from_its_last_epoch_and_ends_on_plan(tmp_path):
     launch(arguments, timeout=300)  # the same command again
     summary = read_json(os.path.join(run_dir, "summary.json"))
     assert 1 <= summary["resumed_from_epoch"] < epochs
-    assert summary["epochs_this_run"] == epochs - summary["resumed_from_epoch"]
+    assert summary["resumed_from_step"] == summary["resumed_from_epoch"] * steps_per_epoch
     assert summary["global_steps"] == summary["planned_global_steps"] == epochs * steps_per_epoch
     assert summary["weights_identical_on_all_ranks"]
 

@@ -63,6 +63,7 @@ class Progress(keras.callbacks.Callback):
 
     def __init__(self, epochs, steps_per_epoch, every_steps, throughput, stream=None):
         super().__init__()
+        self.step_offset = 0  # steps of the current epoch done before this fit (resume)
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
         self.every_steps = every_steps
@@ -74,7 +75,7 @@ class Progress(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        step = batch + 1
+        step = batch + 1 + self.step_offset
         if step % self.every_steps == 0 and step < self.steps_per_epoch:
             rate = self.throughput.recent_samples_per_second(self.every_steps)
             self._print(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch} "
@@ -126,15 +127,40 @@ class StepScalars(keras.callbacks.Callback):
         self.writer.flush()
 
     def on_train_end(self, logs=None):
-        self.writer.close()
+        # Flushed, not closed: a resumed run calls fit again with the same callbacks.
+        self.writer.flush()
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Chief only: save a checkpoint at the end of every epoch."""
+class Checkpointing(keras.callbacks.Callback):
+    """Checkpoints at every epoch end and, with ``every_steps``, every that many steps.
 
-    def __init__(self, checkpointer):
+    Runs on every rank: before a mid-epoch checkpoint all ranks call ``synchronise(model)``
+    (a collective that averages batch-norm statistics), so the saved state is the state of
+    every rank and a run resumed from it continues exactly as the uninterrupted one would.
+    Only the chief writes. At epoch ends the statistics were already averaged before
+    validation.
+    """
+
+    def __init__(self, checkpointer, every_steps, steps_per_epoch, synchronise):
         super().__init__()
-        self.checkpointer = checkpointer
+        self.checkpointer = checkpointer  # None on ranks other than the chief
+        self.every_steps = every_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.synchronise = synchronise
+
+    def on_train_begin(self, logs=None):
+        self.step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if (not self.every_steps or self.step % self.every_steps
+                or self.step % self.steps_per_epoch == 0):
+            return
+        self.synchronise(self.model)
+        if self.checkpointer is not None:
+            self.checkpointer.save(epochs_done=self.step // self.steps_per_epoch,
+                                   steps_per_epoch=self.steps_per_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.checkpointer.save(epochs_done=epoch + 1)
+        if self.checkpointer is not None:
+            self.checkpointer.save(epochs_done=epoch + 1, steps_per_epoch=self.steps_per_epoch)

@@ -54,7 +54,16 @@ class TrainConfig:
     # Outputs.
     log_every_steps: int = 50  # progress line and TensorBoard step scalars
     checkpoints_to_keep: int = 3  # older ones are pruned after a new one is complete
+    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch; 0 = at epoch ends only
     export: bool = True  # write a SavedModel with a raw-input signature at the end
+
+    # Safety.
+    deterministic: bool = False  # seeded, deterministic ops: a resumed run matches exactly
+    on_nonfinite: typing.Literal["stop", "skip"] = "stop"  # NaN/Inf gradients: stop or skip
+    stall_check_seconds: int = 60  # Horovod warns when a rank is this late to a collective
+    stall_shutdown_seconds: int = 300  # ...and stops the job after this (0 = warn forever)
+    debug_nan_at_step: int = 0  # testing: make one rank's loss NaN at this global step
+    debug_nan_rank: int = 0  # testing: the rank whose loss debug_nan_at_step poisons
 
     def validate(self):
         """Check value ranges; raise ConfigError naming the key. Subclasses extend."""
@@ -71,6 +80,12 @@ class TrainConfig:
                  "an integer >= 1")
         _require(self, "log_every_steps", self.log_every_steps >= 1, "an integer >= 1")
         _require(self, "checkpoints_to_keep", self.checkpoints_to_keep >= 1, "an integer >= 1")
+        for key in ("checkpoint_every_steps", "stall_check_seconds", "stall_shutdown_seconds",
+                    "debug_nan_at_step", "debug_nan_rank"):
+            _require(self, key, getattr(self, key) >= 0, "an integer >= 0")
+        if self.stall_shutdown_seconds and self.stall_shutdown_seconds < self.stall_check_seconds:
+            raise ConfigError("config key 'stall_shutdown_seconds' must be 0 (never) or at "
+                              f"least stall_check_seconds ({self.stall_check_seconds})")
 
 
 def _require(config, key, condition, valid):

@@ -115,24 +115,29 @@ def allreduce_mean(value, name):
     return float(hvd_tf.allreduce(tf.constant(value, tf.float64), op=hvd_tf.Average, name=name))
 
 
-def first_callbacks():
+def first_callbacks(fresh_start=True):
     """Callbacks that perform collectives; every rank runs them, in this order, first.
 
     1. Broadcast: rank 0's variables to everyone after the first batch. The trainer already
        broadcasts before training; this one also covers variables Keras creates lazily
-       during the first step (e.g. a mixed-precision loss scale).
+       during the first step (e.g. a mixed-precision loss scale). It is left out when a run
+       resumes (``fresh_start=False``): everything exists by then, and a second broadcast
+       mid-run would overwrite the other ranks' batch-norm statistics, which the
+       uninterrupted run does not do, so the resumed run would no longer match it.
     2. Metric averaging: replaces each rank's epoch metrics with the mean over ranks. It must
        come before anything that reads metrics (progress, TensorBoard, checkpoints, History),
        or those would see rank 0's shard only.
     3. Averaging of non-trainable variables (batch-norm statistics) before validation.
     """
-    return [
-        # Horovod: broadcast initial variable states from rank 0 to all other processes.
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+    callbacks = [
         # Horovod: average metrics among workers at the end of every epoch.
         hvd.callbacks.MetricAverageCallback(),
         AverageNonTrainableCallback(),
     ]
+    if fresh_start:
+        # Horovod: broadcast initial variable states from rank 0 to all other processes.
+        callbacks.insert(0, hvd.callbacks.BroadcastGlobalVariablesCallback(0))
+    return callbacks
 
 
 def average_non_trainable(model):

@@ -18,8 +18,10 @@ import tempfile
 
 # Keys that may differ when a run is resumed: they change how long it runs or what it
 # logs, not what the checkpoint holds. Any other difference means a different experiment.
-RESUMABLE_CHANGES = frozenset({"epochs", "log_every_steps", "export", "checkpoints_to_keep",
-                               "intra_op_threads", "max_validation_examples"})
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "log_every_steps", "export", "checkpoints_to_keep", "checkpoint_every_steps",
+    "intra_op_threads", "max_validation_examples", "on_nonfinite", "stall_check_seconds",
+    "stall_shutdown_seconds", "debug_nan_at_step", "debug_nan_rank"})
 
 
 class RunFolderError(ValueError):

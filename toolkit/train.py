@@ -23,6 +23,7 @@ Arguments: ``--recipe=NAME --run_dir=DIR`` and any ``--key=value`` config overri
 ``--help`` with a recipe lists its keys.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ from toolkit import config as config_lib  # noqa: E402
 from toolkit import distributed  # noqa: E402
 from toolkit import recipe as recipe_lib  # noqa: E402
 from toolkit import run_folder  # noqa: E402
+from toolkit import safety  # noqa: E402
 from toolkit import schedules  # noqa: E402
 from toolkit import versions as versions_lib  # noqa: E402
 
@@ -68,6 +70,14 @@ def parse_arguments(argv):
     return recipe_name, run_dir, config_lib.split_overrides(rest), wants_help
 
 
+def configure_horovod(config):
+    """Horovod reads these from the environment at init, on every worker."""
+    # Horovod's stall check: warn when a rank is late to a collective, and (unlike
+    # Horovod's default, which warns forever) stop the job when it stays stuck.
+    os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(config.stall_check_seconds)
+    os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(config.stall_shutdown_seconds)
+
+
 def configure_runtime(config, world):
     """Thread pools, device, precision and seeds; must run before TensorFlow does any work."""
     # On CPU, workers on one host share its cores: each gets cores / workers intra-op
@@ -82,7 +92,13 @@ def configure_runtime(config, world):
         keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
     # Same seed everywhere: identical initial weights and reproducible runs.
     keras.utils.set_random_seed(config.seed)
-    return {"intra_op_threads": intra_op, "device": gpu or "CPU"}
+    if config.deterministic:
+        # Deterministic kernels, and dropout randomness held in variables (so it is saved
+        # in checkpoints and a resumed run draws the same masks).
+        tf.config.experimental.enable_op_determinism()
+        keras.backend.experimental.enable_tf_random_generator()
+    return {"intra_op_threads": intra_op, "device": gpu or "CPU",
+            "deterministic": config.deterministic}
 
 
 def agree(world, check):
@@ -95,7 +111,7 @@ def agree(world, check):
     if world.is_chief:
         try:
             check()
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RuntimeError) as error:
             message = str(error)
     message = distributed.broadcast_object(message)
     if message:
@@ -121,31 +137,9 @@ def weights_sha256(model):
     return digest.hexdigest()
 
 
-def _final_metrics(model, history, validation, epochs_trained):
-    """Validation metrics of the final weights, averaged over workers."""
-    logs = history.history if history is not None else {}
-    if epochs_trained and any(key.startswith("val_") for key in logs):
-        return {key[len("val_"):]: float(values[-1]) for key, values in logs.items()
-                if key.startswith("val_")}
-    results = model.evaluate(validation, verbose=0, return_dict=True)
-    return {key: distributed.allreduce_mean(float(value), name=f"final_{key}")
-            for key, value in sorted(results.items())}
-
-
-def train(recipe, config, run_dir):
-    """Run ``recipe`` with ``config`` on this worker; return the summary dict."""
-    started = time.time()
-    world = distributed.init()
-    runtime = configure_runtime(config, world)
-    paths = run_folder.paths(run_dir)
-    config_dict = config_lib.to_dict(config)
-
-    # The chief checks the run folder; everyone stops together if it is unusable.
-    agree(world, lambda: run_folder.check_writable(run_dir))
-    agree(world, lambda: run_folder.check_resumable(run_dir, recipe.name, config_dict))
-
+def prepare_data(recipe, config, world):
+    """This worker's data and the number of steps per epoch, equal on every worker."""
     data = recipe.build_data(config, world.shard())
-    agree(world, lambda: run_folder.check_same_classes(run_dir, data.class_names))
     steps_per_epoch = data.train_examples // config.batch_size_per_worker
     if steps_per_epoch == 0:
         raise TrainingError(
@@ -160,92 +154,199 @@ def train(recipe, config, run_dir):
     all_steps = distributed.allgather_object(steps_per_epoch)
     if len(set(all_steps)) != 1:
         raise TrainingError(f"workers disagree on steps per epoch: {all_steps}")
+    return data, steps_per_epoch
 
+
+def _loss_with_fault(loss, config, world, optimizer):
+    """The recipe's loss, made NaN on one rank at one step when a test asks for it."""
+    if not config.debug_nan_at_step or world.rank != config.debug_nan_rank:
+        return loss
+
+    def poisoned(y_true, y_pred):
+        value = loss(y_true, y_pred)
+        at_fault = tf.equal(optimizer.iterations + 1, config.debug_nan_at_step)
+        return tf.where(at_fault, tf.constant(float("nan"), value.dtype), value)
+
+    return poisoned
+
+
+def build_training(recipe, config, world, data, steps_per_epoch):
+    """The compiled model, its Horovod-wrapped optimizer and the non-finite guard."""
     model = recipe.build_model(config, data)
     learning_rate = schedules.build(config, world.size, steps_per_epoch)
     optimizer = distributed.wrap_optimizer(schedules.build_optimizer(config, learning_rate),
                                            config)
+    guard = safety.NonFiniteGuard(optimizer)
     if config.jit_compile:
         # XLA compiles the model's forward and backward pass only. Compiling the whole train
         # step (compile(jit_compile=True)) fails: XLA cannot compile Horovod's allreduce,
         # which must stay outside, in the optimizer.
         model.call = tf.function(model.call, jit_compile=True, reduce_retracing=True)
-    model.compile(optimizer=optimizer, loss=recipe.build_loss(config),
+    model.compile(optimizer=optimizer,
+                  loss=_loss_with_fault(recipe.build_loss(config), config, world, optimizer),
                   metrics=recipe.build_metrics(config))
     # Create the optimizer's slots now so that a restore fills them and the broadcast
     # below covers them; otherwise they would appear only in the first step.
     optimizer.build(model.trainable_variables)
+    return model, optimizer, guard
+
+
+def fit_segments(position, epochs, steps_per_epoch):
+    """The ``model.fit`` calls that finish the plan from ``position``: first the rest of a
+    half-done epoch, then whole epochs. Each is (first epoch, last epoch + 1, steps)."""
+    segments = []
+    epoch = position.epochs_done
+    if position.steps_into_epoch and epoch < epochs:
+        segments.append((epoch, epoch + 1, steps_per_epoch - position.steps_into_epoch))
+        epoch += 1
+    if epoch < epochs:
+        segments.append((epoch, epochs, steps_per_epoch))
+    return segments
+
+
+def run_fit(model, data, rebuild_train, position, config, steps_per_epoch, callbacks,
+            progress):
+    """Train from ``position`` to the end of the plan; return the merged History dict.
+
+    The training dataset is a seeded sequence of batches; a resumed run skips the batches
+    already trained on (the global step), replaying the input pipeline without the model,
+    so that it sees exactly the batches the uninterrupted run would have. A second fit
+    call (after finishing a half-done epoch) needs a freshly built dataset: a dataset
+    object's reshuffling seeds advance with every pass, even across iterators, so reusing
+    it would not replay the same order.
+    """
+    logs = {}
+    step = position.global_step
+    for index, (first_epoch, end_epoch, steps) in enumerate(
+            fit_segments(position, config.epochs, steps_per_epoch)):
+        if progress is not None:
+            progress.step_offset = steps_per_epoch - steps
+        train = data.train if index == 0 else rebuild_train()
+        history = model.fit(train.repeat().skip(step), initial_epoch=first_epoch,
+                            epochs=end_epoch, steps_per_epoch=steps,
+                            validation_data=data.validation, callbacks=callbacks, verbose=0)
+        for key, values in history.history.items():
+            logs.setdefault(key, []).extend(values)
+        step += (end_epoch - first_epoch) * steps
+        if model.stop_training:
+            break
+    return logs
+
+
+def _final_metrics(model, logs, validation, trained):
+    """Validation metrics of the final weights, averaged over workers."""
+    if trained and any(key.startswith("val_") for key in logs):
+        return {key[len("val_"):]: float(values[-1]) for key, values in logs.items()
+                if key.startswith("val_")}
+    results = model.evaluate(validation, verbose=0, return_dict=True)
+    return {key: distributed.allreduce_mean(float(value), name=f"final_{key}")
+            for key, value in sorted(results.items())}
+
+
+def train(recipe, config, run_dir):
+    """Run ``recipe`` with ``config`` on this worker; return the summary dict."""
+    started = time.time()
+    configure_horovod(config)
+    world = distributed.init()
+    safety.start_lifeline()
+    runtime = configure_runtime(config, world)
+    paths = run_folder.paths(run_dir)
+    config_dict = config_lib.to_dict(config)
+
+    # The chief checks the run folder; everyone stops together if it is unusable.
+    agree(world, lambda: run_folder.check_writable(run_dir))
+    agree(world, lambda: run_folder.check_resumable(run_dir, recipe.name, config_dict))
+    data, steps_per_epoch = prepare_data(recipe, config, world)
+    agree(world, lambda: run_folder.check_same_classes(run_dir, data.class_names))
+    model, optimizer, guard = build_training(recipe, config, world, data, steps_per_epoch)
 
     checkpointer = checkpoints.Checkpointer(paths["checkpoints"], model, optimizer,
                                             keep=config.checkpoints_to_keep)
-    epochs_done = checkpointer.restore() if world.is_chief else 0
-    epochs_done = distributed.broadcast_object(epochs_done)
+    # The chief restores (its run folder may be the only copy); everyone learns where the
+    # run stands, or why it cannot continue, from one broadcast.
+    position, message = checkpoints.Position(), None
+    if world.is_chief:
+        try:
+            position = checkpointer.restore(steps_per_epoch)
+        except checkpoints.CheckpointError as error:
+            message = str(error)
+    position, message = distributed.broadcast_object((position, message))
+    if message:
+        raise TrainingError(message)
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
 
+    workers = distributed.allgather_object(worker_identity(world))
     if world.is_chief:
         os.makedirs(paths["tensorboard"], exist_ok=True)
         run_folder.write_json(paths["config"], {
-            "recipe": recipe.name,
-            "config": config_dict,
-            "world_size": world.size,
-            "workers": distributed.allgather_object(worker_identity(world)),
-            "data": data.description,
+            "recipe": recipe.name, "config": config_dict, "world_size": world.size,
+            "workers": workers, "data": data.description,
             "class_names": list(data.class_names),
             "train_examples_per_worker": data.train_examples,
             "validation_examples_per_worker": data.validation_examples,
             "steps_per_epoch": steps_per_epoch,
             "global_batch_size": config.batch_size_per_worker * world.size,
-            "runtime": runtime,
-            "versions": versions_lib.collect(),
-            "command": sys.argv,
-            "resumed_from_epoch": epochs_done,
+            "runtime": runtime, "versions": versions_lib.collect(), "command": sys.argv,
+            "resumed_from": dataclasses.asdict(position),
         })
+        resume_note = (f"; resuming at epoch {position.epochs_done + 1}, step "
+                       f"{position.steps_into_epoch} (global step {position.global_step}, "
+                       f"{os.path.basename(position.checkpoint)})" if position.global_step
+                       else "")
         print(f"[toolkit] {recipe.name}: {data.description}; {world.size} workers x "
               f"{config.batch_size_per_worker} = global batch "
               f"{config.batch_size_per_worker * world.size}; {steps_per_epoch} steps/epoch; "
-              f"run folder {run_dir}" + (f"; resuming after epoch {epochs_done}"
-                                         if epochs_done else ""), flush=True)
-    else:
-        distributed.allgather_object(worker_identity(world))  # matches the chief's gather
+              f"run folder {run_dir}{resume_note}", flush=True)
 
     throughput = callbacks_lib.Throughput(config.batch_size_per_worker * world.size, world.size)
-    # Order matters: Horovod's broadcast and metric averaging first, so that everything
-    # after them (progress, checkpoints, TensorBoard, History) sees averaged metrics.
-    callbacks = distributed.first_callbacks() + [throughput]
+    nonfinite = safety.NonFiniteCallback(guard, config.on_nonfinite)
+    # Order matters. Horovod's broadcast and metric averaging come first, so that everything
+    # after them sees averaged metrics; then the collectives every rank must run
+    # (checkpointing synchronises batch-norm statistics); then rank-0-only writers.
+    callbacks = distributed.first_callbacks(fresh_start=position.global_step == 0) + [
+        nonfinite, throughput,
+        callbacks_lib.Checkpointing(checkpointer if world.is_chief else None,
+                                    config.checkpoint_every_steps, steps_per_epoch,
+                                    distributed.average_non_trainable)]
+    progress = None
     if world.is_chief:
+        progress = callbacks_lib.Progress(config.epochs, steps_per_epoch, config.log_every_steps,
+                                          throughput)
         callbacks += [
-            callbacks_lib.Progress(config.epochs, steps_per_epoch, config.log_every_steps,
-                                   throughput),
+            progress,
             callbacks_lib.StepScalars(os.path.join(paths["tensorboard"], "train"),
                                       config.log_every_steps, throughput),
-            callbacks_lib.EpochCheckpoint(checkpointer),
             keras.callbacks.TensorBoard(paths["tensorboard"], update_freq="epoch",
                                         write_graph=False, profile_batch=0),
         ]
 
-    history = None
-    if epochs_done < config.epochs:
-        history = model.fit(data.train.repeat(), epochs=config.epochs, initial_epoch=epochs_done,
-                            steps_per_epoch=steps_per_epoch, validation_data=data.validation,
-                            callbacks=callbacks, verbose=0)
-    metrics = _final_metrics(model, history, data.validation, config.epochs - epochs_done)
+    logs = run_fit(model, data, lambda: recipe.build_data(config, world.shard()).train, position,
+                   config, steps_per_epoch, callbacks, progress)
+    if nonfinite.stopped_at is not None:
+        raise safety.NonFiniteError(
+            f"the loss or gradients became NaN/Inf at global step {nonfinite.stopped_at}; all "
+            "workers stopped before applying that update. The last good checkpoint is "
+            f"{checkpointer.latest or 'none (none was written yet)'}. Lower the learning rate "
+            "or use --on_nonfinite=skip")
+    trained = bool(fit_segments(position, config.epochs, steps_per_epoch))
+    metrics = _final_metrics(model, logs, data.validation, trained)
 
     hashes = distributed.allgather_object(weights_sha256(model))
-    last_logs = {key: values[-1] for key, values in (history.history if history else {}).items()}
     summary = {
         "recipe": recipe.name,
         "validation": metrics,
         "epochs": config.epochs,
-        "epochs_this_run": config.epochs - epochs_done,
-        "resumed_from_epoch": epochs_done,
+        "resumed_from_step": position.global_step,
+        "resumed_from_epoch": position.epochs_done,
         "global_steps": int(optimizer.iterations.numpy()),
         "planned_global_steps": config.epochs * steps_per_epoch,
         "steps_per_epoch": steps_per_epoch,
+        "nonfinite_steps_skipped": int(guard.skipped_steps.numpy()),
         "world_size": world.size,
         "global_batch_size": config.batch_size_per_worker * world.size,
-        "samples_per_second": float(last_logs.get("samples_per_second", 0.0)),
-        "samples_per_second_per_worker": float(last_logs.get("samples_per_second_per_worker",
-                                                             0.0)),
+        "samples_per_second": float(logs.get("samples_per_second", [0.0])[-1]),
+        "samples_per_second_per_worker": float(
+            logs.get("samples_per_second_per_worker", [0.0])[-1]),
         "weights_sha256": hashes[0],
         "weights_sha256_per_rank": hashes,
         "weights_identical_on_all_ranks": len(set(hashes)) == 1,
@@ -285,7 +386,8 @@ def main(argv=None):
     config = config_lib.build(recipe.config_class, overrides)
     try:
         summary = train(recipe, config, run_dir)
-    except (TrainingError, ValueError) as error:
+    except (TrainingError, ValueError, safety.NonFiniteError,
+            checkpoints.CheckpointError) as error:
         print(f"[toolkit] error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0 if summary["weights_identical_on_all_ranks"] else 3

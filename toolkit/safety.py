@@ -1,0 +1,113 @@
+"""Guards that keep a run's state good: non-finite gradients, and a lost launcher.
+
+Non-finite values: the check is made on the gradients *after* Horovod's allreduce. A NaN
+or Inf on any worker makes the averaged gradient non-finite on every worker, so all
+workers see the same verdict at the same step without an extra collective, and they stop
+(or skip the step) together. The update is never applied, so the weights and the last
+checkpoint stay good.
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+
+import tensorflow as tf
+import tf_keras as keras
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or Inf; the message names the step."""
+
+
+def _all_finite(grads_and_vars):
+    checks = []
+    for gradient, _ in grads_and_vars:
+        if gradient is None:
+            continue
+        values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+        checks.append(tf.reduce_all(tf.math.is_finite(values)))
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+class NonFiniteGuard:
+    """Wraps ``optimizer.apply_gradients``: a step whose gradients are not all finite is not
+    applied. It still advances the step counter, so the schedule and step count stay on
+    plan, and it is counted in ``skipped_steps``; ``first_bad_step`` records the first."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                         name="nonfinite_skipped_steps")
+        self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                          name="nonfinite_first_step")
+        apply_gradients = optimizer.apply_gradients
+
+        def guarded_apply_gradients(grads_and_vars, *args, **kwargs):
+            grads_and_vars = list(grads_and_vars)
+
+            def apply():
+                with tf.control_dependencies([apply_gradients(grads_and_vars, *args, **kwargs)]):
+                    return tf.constant(True)
+
+            def skip():
+                step = tf.cast(optimizer.iterations, tf.int64) + 1
+                with tf.control_dependencies([
+                        self.skipped_steps.assign_add(1),
+                        self.first_bad_step.assign(tf.where(self.first_bad_step < 0, step,
+                                                            self.first_bad_step)),
+                        optimizer.iterations.assign_add(1)]):
+                    return tf.constant(False)
+
+            return tf.cond(_all_finite(grads_and_vars), apply, skip)
+
+        optimizer.apply_gradients = guarded_apply_gradients
+
+
+class NonFiniteCallback(keras.callbacks.Callback):
+    """On every rank: stop training at the first skipped step (``mode="stop"``), or let
+    training carry on and count skipped steps (``mode="skip"``)."""
+
+    def __init__(self, guard, mode):
+        super().__init__()
+        self.guard = guard
+        self.mode = mode
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.mode == "stop" and self.stopped_at is None and int(self.guard.skipped_steps) > 0:
+            self.stopped_at = int(self.guard.first_bad_step)
+            self.model.stop_training = True
+
+
+def start_lifeline(interval_seconds=5.0, misses_allowed=3):
+    """Exit this worker if the launcher (horovodrun's rendezvous server) goes away.
+
+    horovodrun stops local workers when it dies, but a worker it started over ssh keeps
+    running if the launcher is killed or its host drops off the network. Each worker
+    checks every ``interval_seconds`` that it can still open a TCP connection to the
+    rendezvous server, and exits after ``misses_allowed`` failures in a row.
+    """
+    address = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR")
+    port = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT")
+    if not address or not port:
+        return None
+
+    def watch():
+        misses = 0
+        while True:
+            time.sleep(interval_seconds)
+            try:
+                with socket.create_connection((address, int(port)), timeout=interval_seconds):
+                    misses = 0
+            except OSError:
+                misses += 1
+                if misses >= misses_allowed:
+                    print(f"[toolkit] rank {os.environ.get('HOROVOD_RANK', '?')}: lost the "
+                          f"launcher at {address}:{port}; exiting", file=sys.stderr, flush=True)
+                    os._exit(75)
+
+    thread = threading.Thread(target=watch, name="toolkit-lifeline", daemon=True)
+    thread.start()
+    return thread
