@@ -162,5 +162,6 @@ class Checkpointing(keras.callbacks.Callback):
                                    steps_per_epoch=self.steps_per_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.checkpointer is not None:
+        # A run stopped mid-epoch (NaN) did not finish the epoch: do not record it as done.
+        if self.checkpointer is not None and not self.model.stop_training:
             self.checkpointer.save(epochs_done=epoch + 1, steps_per_epoch=self.steps_per_epoch)

@@ -18,10 +18,12 @@ name and ssh's reason. ssh settings reach horovodrun through toolkit/remote.py.
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import toolkit  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from toolkit import config as config_lib
@@ -126,6 +128,7 @@ class Launch:
     hosts: list
     ssh: remote.SshSettings
     dry_run: bool
+    rank_to_host: list
 
 
 def prepare(argv):
@@ -149,17 +152,62 @@ def prepare(argv):
     worker_arguments = [f"--recipe={recipe.name}", f"--run_dir={run_dir}"] + [
         f"--{key}={value}" for key, value in overrides.items()]
     return Launch(command=horovodrun_command(np, hosts, options, worker_arguments),
-                  run_dir=run_dir, hosts=hosts, ssh=settings, dry_run=options.dry_run)
+                  run_dir=run_dir, hosts=hosts, ssh=settings, dry_run=options.dry_run,
+                  rank_to_host=rank_hosts(hosts, np))
 
 
-def run(command, environment):
-    """Run horovodrun, passing SIGTERM on to it; return its exit code."""
-    process = subprocess.Popen(command, env=environment, cwd=PROJECT_ROOT)
+FAILED_PROCESS = re.compile(r"Process (\d+) exit with status code (-?\d+)")
+
+
+def rank_hosts(hosts, np):
+    """Host of each rank: horovodrun fills the hosts' slots in hostfile order."""
+    names = [host.name for host in hosts for _ in range(host.slots)] if hosts else []
+    return (names + ["localhost"] * np)[:np]
+
+
+def describe_exit(code):
+    if code < 0 or code > 128:
+        number = -code if code < 0 else code - 128
+        try:
+            return f"killed by {signal.Signals(number).name}"
+        except ValueError:
+            return f"killed by signal {number}"
+    return f"exit code {code}"
+
+
+def _forward(stream, target, failures):
+    """Copy horovodrun's output line by line, noting the first worker that failed."""
+    for line in iter(stream.readline, ""):
+        target.write(line)
+        target.flush()
+        match = FAILED_PROCESS.search(line)
+        if match and not failures:
+            failures.append((int(match.group(1)), int(match.group(2))))
+
+
+def run(command, environment, rank_to_host):
+    """Run horovodrun, passing SIGTERM on to it; return its exit code. When a worker fails,
+    say which rank on which host, and how, after horovodrun's own report."""
+    process = subprocess.Popen(command, env=environment, cwd=PROJECT_ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    failures = []
+    threads = [threading.Thread(target=_forward, args=(pipe, target, failures), daemon=True)
+               for pipe, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
+    for thread in threads:
+        thread.start()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
     try:
-        return process.wait()
+        code = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    for thread in threads:
+        thread.join(timeout=10)
+    if code != 0 and failures:
+        rank, status = failures[0]
+        host = rank_to_host[rank] if rank < len(rank_to_host) else "?"
+        print(f"[launch] worker rank {rank} on host {host} failed first ({describe_exit(status)}"
+              "); horovodrun stopped the other workers.", file=sys.stderr, flush=True)
+    return code
 
 
 def launch(plan):
@@ -179,7 +227,7 @@ def launch(plan):
                 print("Check the host is up and reachable (make doctor HOSTFILE=...); "
                       "nothing was launched.", file=sys.stderr)
                 return 2
-        return run(plan.command, worker_environment(wrapper_dir))
+        return run(plan.command, worker_environment(wrapper_dir), plan.rank_to_host)
     finally:
         if ssh_dir:
             shutil.rmtree(ssh_dir, ignore_errors=True)

@@ -165,7 +165,9 @@ def _loss_with_fault(loss, config, world, optimizer):
     def poisoned(y_true, y_pred):
         value = loss(y_true, y_pred)
         at_fault = tf.equal(optimizer.iterations + 1, config.debug_nan_at_step)
-        return tf.where(at_fault, tf.constant(float("nan"), value.dtype), value)
+        # A multiplication, so that the gradients turn NaN too, as in a real divergence.
+        return value * tf.where(at_fault, tf.constant(float("nan"), value.dtype),
+                                tf.constant(1.0, value.dtype))
 
     return poisoned
 
@@ -323,11 +325,12 @@ def train(recipe, config, run_dir):
     logs = run_fit(model, data, lambda: recipe.build_data(config, world.shard()).train, position,
                    config, steps_per_epoch, callbacks, progress)
     if nonfinite.stopped_at is not None:
+        latest = checkpointer.latest if world.is_chief else "reported by rank 0"
         raise safety.NonFiniteError(
             f"the loss or gradients became NaN/Inf at global step {nonfinite.stopped_at}; all "
             "workers stopped before applying that update. The last good checkpoint is "
-            f"{checkpointer.latest or 'none (none was written yet)'}. Lower the learning rate "
-            "or use --on_nonfinite=skip")
+            f"{latest or 'none (none was written yet)'}. Lower the learning rate or use "
+            "--on_nonfinite=skip")
     trained = bool(fit_segments(position, config.epochs, steps_per_epoch))
     metrics = _final_metrics(model, logs, data.validation, trained)
 
