@@ -264,9 +264,9 @@ def _bucketed(dataset, config, pad_id, drop_remainder):
         drop_remainder=drop_remainder)
 
 
-def build_data(config, shard):
+def read_examples(config):
+    """Both files, checked: columns, a label map of two or more labels, known labels."""
     train_path, validation_path, source = _data_files(config)
-    tokenizer = load_tokenizer(resolve_model_dir(config.model))
     columns = dict(text_column=config.text_column, text_pair_column=config.text_pair_column,
                    label_column=config.label_column)
     train = text_data.read(train_path, **columns)
@@ -278,6 +278,22 @@ def build_data(config, shard):
     if len(names) < 2:
         raise data_lib.DataError(f"{train_path} has a single label {names}; a classifier needs "
                                  "at least two")
+    return train, validation, names, source
+
+
+def check_data(config):
+    """Before launch: the files parse, the labels are valid and the model folder exists."""
+    train, validation, names, _ = read_examples(config)
+    text_data.label_ids(validation, names)
+    if config.model and config.model.startswith((".", "/", "~")) and not os.path.isdir(
+            config.model):
+        raise data_lib.DataError(f"model folder {config.model} does not exist")
+
+
+def build_data(config, shard):
+    train, validation, names, source = read_examples(config)
+    train_path, validation_path = train.path, validation.path
+    tokenizer = load_tokenizer(resolve_model_dir(config.model))
     train_labels = text_data.label_ids(train, names)
     validation_labels = text_data.label_ids(validation, names)
     pad_id = tokenizer.pad_token_id or 0
@@ -406,6 +422,7 @@ RECIPE = recipe_lib.Recipe(
     build_loss=build_loss,
     build_metrics=build_metrics,
     build_serving=build_serving,
+    check_data=check_data,
     tiny_overrides={"pretrained": "false", "num_hidden_layers": "2", "hidden_size": "32",
                     "batch_size_per_worker": "8", "max_train_examples": "256",
                     "max_validation_examples": "64", "max_length": "32"},

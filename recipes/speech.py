@@ -415,6 +415,24 @@ def build_data(config, shard):
     )
 
 
+def check_data(config):
+    """Before launch: the folder's labels and clips are usable (or the generator's tools
+    are installed, for the default data set)."""
+    if not config.data_dir:
+        missing = speech_synth.missing_tools()
+        if missing:
+            raise data_lib.DataError(
+                "generating the default speech data set needs espeak-ng, flite, festival and "
+                f"sox; missing: {', '.join(missing)}. Run make setup, or pass --data_dir")
+        return
+    clips, _, _, _ = scan_folder(config, config.data_dir)
+    splits = split_clips(clips, config.data_dir, config)
+    for split in ("train", "validation"):
+        if not splits[split]:
+            raise data_lib.DataError(f"{config.data_dir}: the {split} split is empty; add clips "
+                                     "or list files, or change validation_fraction")
+
+
 # ---------------------------------------------------------------------------- model
 
 
@@ -515,6 +533,7 @@ RECIPE = recipe_lib.Recipe(
     build_metrics=build_metrics,
     build_serving=build_serving,
     build_reports=test_report,
+    check_data=check_data,
     tiny_overrides={"tts_words": "yes,no", "tts_espeak_speakers": "10", "tts_variations": "1",
                     "width": "8", "blocks": "1", "batch_size_per_worker": "4"},
 )

@@ -78,3 +78,25 @@ def test_resuming_with_other_classes_is_refused(tmp_path):
 
     with pytest.raises(run_folder.RunFolderError, match=r"trained on classes \['a', 'b'\]"):
         run_folder.check_same_classes(str(tmp_path), ["a", "c"])
+
+
+def test_bad_data_is_refused_before_launch(tmp_path):
+    expect_refusal(["--recipe=image", f"--data_dir={tmp_path}/missing"],
+                   f"image folder {tmp_path}/missing does not exist")
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    (tmp_path / "images" / "dog").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "images" / "cat" / "a.png")
+    expect_refusal(["--recipe=image", f"--data_dir={tmp_path}/images"],
+                   f"class folder {tmp_path}/images/dog has no images")
+    Image.new("L", (8, 8)).save(tmp_path / "images" / "dog" / "b.png")
+    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"not a png at all")
+    expect_refusal(["--recipe=image", f"--data_dir={tmp_path}/images"],
+                   "1 unreadable image files", "broken.png cannot be read as an image",
+                   "--bad_images=skip")
+    expect_refusal(["--recipe=bert", f"--train_file={tmp_path}/none.csv",
+                    f"--validation_file={tmp_path}/none.csv"],
+                   f"cannot read text data file {tmp_path}/none.csv")
+    expect_refusal(["--recipe=speech", f"--data_dir={tmp_path}/no-audio"],
+                   f"speech data folder {tmp_path}/no-audio does not exist")

@@ -137,6 +137,8 @@ def prepare(argv):
     recipe = recipe_lib.get(options.recipe)
     overrides = config_lib.split_overrides(overrides_list)
     config = config_lib.build(recipe.config_class, overrides)
+    if recipe.check_data is not None:
+        recipe.check_data(config)
     hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
     np = parse_np(options.np, hosts)
     if hosts:

@@ -36,6 +36,9 @@ class Recipe:
     ``build_reports(config, model, data) -> dict`` (optional): extra evaluations run on the
     chief after training (e.g. accuracy per group on a test split), saved in summary.json
     under ``reports``; it must not perform collectives.
+    ``check_data(config)`` (optional): quick checks of the configured data (paths exist,
+    files readable, labels valid) that the launcher runs before starting any worker; it
+    raises ``toolkit.data.DataError``.
     ``tiny_overrides``: config overrides for a seconds-long run through the real code
     (the tests train every registered recipe with them).
     """
@@ -50,6 +53,7 @@ class Recipe:
     build_serving: typing.Callable
     tiny_overrides: typing.Dict[str, str]
     build_reports: typing.Optional[typing.Callable] = None
+    check_data: typing.Optional[typing.Callable] = None
 
 
 class UnknownRecipeError(ValueError):
