@@ -220,7 +220,7 @@ def tokenize(examples, tokenizer, config):
                                      config.text_pair_column]).encode()).hexdigest()[:24]
     cache = os.path.join(config.cache_dir, "tokens", f"{key}.npz")
     if os.path.exists(cache):
-        with np.load(cache) as stored:
+        with np.load(cache, allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
     encoded = tokenizer(examples.texts, examples.text_pairs, truncation=True,
                         max_length=config.max_length, return_token_type_ids=True)
