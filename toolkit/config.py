@@ -27,6 +27,7 @@ class TrainConfig:
     # Schedule. An epoch is one pass over the training set by all workers together.
     epochs: int = 10  # recipes override with what reaches their accuracy target
     batch_size_per_worker: int = 64  # global batch = this x world size
+    global_batch_size: int = 0  # if set, fixed: each worker takes global / workers (elastic)
     max_steps_per_epoch: int = 0  # 0 = a full epoch; small values make smoke runs
     max_train_examples: int = 0  # 0 = all; cut the training set (tests, quick tries)
     max_validation_examples: int = 0  # 0 = all
@@ -55,6 +56,7 @@ class TrainConfig:
     log_every_steps: int = 50  # progress line and TensorBoard step scalars
     checkpoints_to_keep: int = 3  # older ones are pruned after a new one is complete
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch; 0 = at epoch ends only
+    elastic_commit_steps: int = 20  # elastic runs: in-memory commit every N steps
     export: bool = True  # write a SavedModel with a raw-input signature at the end
 
     # Safety.
@@ -79,8 +81,10 @@ class TrainConfig:
         _require(self, "backward_passes_per_step", self.backward_passes_per_step >= 1,
                  "an integer >= 1")
         _require(self, "log_every_steps", self.log_every_steps >= 1, "an integer >= 1")
+        _require(self, "elastic_commit_steps", self.elastic_commit_steps >= 1, "an integer >= 1")
         _require(self, "checkpoints_to_keep", self.checkpoints_to_keep >= 1, "an integer >= 1")
         for key in ("checkpoint_every_steps", "stall_check_seconds", "stall_shutdown_seconds",
+                    "global_batch_size",
                     "debug_nan_at_step", "debug_nan_rank"):
             _require(self, key, getattr(self, key) >= 0, "an integer >= 0")
         if self.stall_shutdown_seconds and self.stall_shutdown_seconds < self.stall_check_seconds:

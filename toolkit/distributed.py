@@ -50,6 +50,11 @@ def init():
     """Start Horovod and return this process's place in the world."""
     # Horovod: initialise; under horovodrun this joins the other ranks.
     hvd.init()
+    return current_world()
+
+
+def current_world():
+    """This process's place in the world now (it changes after an elastic reset)."""
     return World(
         rank=hvd.rank(),  # Horovod: global rank
         size=hvd.size(),  # Horovod: number of workers
@@ -191,3 +196,25 @@ def build_info():
 def elastic_enabled():
     """True when horovodrun started this worker in elastic mode."""
     return os.environ.get("HOROVOD_ELASTIC") == "1"
+
+
+def elastic_state(model, optimizer):
+    """The state an elastic run keeps in memory: committed copies of the model's and the
+    optimizer's variables (the step counter among them), restored on every worker after
+    a failure and broadcast from rank 0 to the workers of the new world."""
+    # Horovod: elastic Keras state.
+    return hvd.elastic.KerasState(model, optimizer=optimizer)
+
+
+def elastic_run(function):
+    """Decorate ``function(state)`` so that it is run again after every reset (a worker
+    lost or added), on the new world, from the last committed state."""
+    # Horovod: the elastic retry loop (re-initialises Horovod and syncs the state).
+    return hvd.elastic.run(function)
+
+
+def commit_callback(state, every_steps):
+    """Commit the elastic state every ``every_steps`` batches and at each epoch end; a
+    commit is also where workers learn that hosts were added and reset to take them in."""
+    # Horovod: elastic commit callback.
+    return hvd.elastic.CommitStateCallback(state, batches_per_commit=every_steps)

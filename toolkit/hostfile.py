@@ -127,3 +127,27 @@ def check_np(path, hosts, np):
 def horovod_hosts(hosts):
     """The ``-H`` argument of horovodrun: ``host1:slots,host2:slots``."""
     return ",".join(f"{host.name}:{host.slots}" for host in hosts)
+
+
+def main(argv=None):
+    """``python -m toolkit.hostfile --discover FILE``: print ``host:slots`` lines, the host
+    discovery format of horovodrun's elastic mode. The launcher points horovodrun at this,
+    so that editing the hostfile during an elastic run adds or removes hosts."""
+    import sys
+
+    arguments = sys.argv[1:] if argv is None else argv
+    if len(arguments) != 2 or arguments[0] != "--discover":
+        print("usage: python -m toolkit.hostfile --discover HOSTFILE", file=sys.stderr)
+        return 2
+    try:
+        hosts = parse(arguments[1])
+    except HostfileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for host in hosts:
+        print(f"{host.name}:{host.slots}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

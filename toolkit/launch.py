@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,15 @@ def parse_arguments(argv):
     parser.add_argument("--ssh_known_hosts", default="", help="known_hosts file for ssh")
     parser.add_argument("--network_interface", default="",
                         help="interface(s) for Horovod traffic, e.g. eth0 or ib0,eth0")
+    parser.add_argument("--elastic", action="store_true",
+                        help="elastic mode: workers may fail or join (needs --hostfile or "
+                             "--discovery_script)")
+    parser.add_argument("--min_np", type=int, default=0, help="elastic: fewest workers")
+    parser.add_argument("--max_np", type=int, default=0, help="elastic: most workers")
+    parser.add_argument("--discovery_script", default="",
+                        help="elastic: script printing host:slots lines (default: the hostfile)")
+    parser.add_argument("--blacklist_cooldown", default="",
+                        help="elastic: 'MIN,MAX' seconds before a failed host is tried again")
     parser.add_argument("--dry_run", action="store_true", help="print the command, run nothing")
     return parser.parse_known_args(argv)
 
@@ -82,15 +92,55 @@ def parse_np(text, hosts):
     return int(text)
 
 
-def horovodrun_command(np, hosts, options, worker_arguments):
+def horovodrun_command(np, hosts, options, worker_arguments, discovery_script=""):
     """The full horovodrun argument list."""
-    host_argument = hostfile_lib.horovod_hosts(hosts) if hosts else f"localhost:{np}"
     horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    command = [horovodrun, "-np", str(np), "-H", host_argument, "--gloo",
-               "--start-timeout", str(options.start_timeout)]
-    if options.network_interface:
-        command += ["--network-interface", options.network_interface]
+    command = [horovodrun, "-np", str(np), "--gloo", "--start-timeout",
+               str(options.start_timeout)]
+    if options.elastic:
+        command += ["--min-np", str(options.min_np), "--max-np", str(options.max_np),
+                    "--host-discovery-script", discovery_script]
+        if options.blacklist_cooldown:
+            command += ["--blacklist-cooldown-range",
+                        *options.blacklist_cooldown.split(",")]
+    else:
+        command += ["-H", hostfile_lib.horovod_hosts(hosts) if hosts else f"localhost:{np}"]
+    network_interface = options.network_interface
+    if options.elastic and not network_interface and hosts and all(
+            remote.is_local(host.name) for host in hosts):
+        # Elastic horovodrun on one machine otherwise waits (600 s) to find an interface
+        # that routes to the other hosts; on one machine that is the loopback.
+        network_interface = "lo"
+    if network_interface:
+        command += ["--network-interface", network_interface]
     return command + [sys.executable, "-m", "toolkit.train", *worker_arguments]
+
+
+def check_elastic(options, hosts, np, config):
+    """Elastic settings make sense together, and the fixed global batch splits evenly."""
+    if not options.elastic:
+        return
+    if not (options.hostfile or options.discovery_script):
+        raise ValueError("ELASTIC=1 needs HOSTFILE (re-read while the run goes on: edit it to "
+                         "add or remove hosts) or DISCOVERY_SCRIPT; a single host cannot "
+                         "lose workers without losing all of them")
+    if not 1 <= options.min_np <= np <= options.max_np:
+        raise ValueError(f"elastic runs need 1 <= MIN_NP <= NP <= MAX_NP; got MIN_NP="
+                         f"{options.min_np}, NP={np}, MAX_NP={options.max_np}")
+    if hosts and options.max_np > hostfile_lib.total_slots(hosts):
+        raise ValueError(f"MAX_NP={options.max_np} is more than the "
+                         f"{hostfile_lib.total_slots(hosts)} slots in {options.hostfile}")
+    if options.blacklist_cooldown and not re.fullmatch(r"\d+,\d+",
+                                                       options.blacklist_cooldown):
+        raise ValueError(f"BLACKLIST_COOLDOWN must be 'MIN,MAX' seconds, got "
+                         f"{options.blacklist_cooldown!r}")
+    uneven = [size for size in range(options.min_np, options.max_np + 1)
+              if config.global_batch_size % size]
+    if uneven:
+        raise ValueError(f"global_batch_size={config.global_batch_size} stays fixed in an "
+                         f"elastic run and must split evenly over every world size from "
+                         f"{options.min_np} to {options.max_np}; it does not for {uneven}. "
+                         "Set --global_batch_size to a common multiple")
 
 
 def ssh_settings(options):
@@ -121,9 +171,13 @@ def worker_environment(ssh_wrapper_dir=None):
     return environment
 
 
+DISCOVERY_PLACEHOLDER = "<discovery script written at launch>"
+
+
 @dataclasses.dataclass
 class Launch:
     command: list
+    hostfile: str
     run_dir: str
     hosts: list
     ssh: remote.SshSettings
@@ -146,6 +200,11 @@ def prepare(argv):
     if options.start_timeout < 1:
         raise ValueError(f"START_TIMEOUT must be a number of seconds >= 1, got "
                          f"{options.start_timeout}")
+    if options.elastic and not config.global_batch_size:
+        # Elastic runs keep the global batch of the starting world whatever happens later.
+        overrides["global_batch_size"] = str(config.batch_size_per_worker * np)
+        config = config_lib.build(recipe.config_class, overrides)
+    check_elastic(options, hosts, np, config)
     settings = ssh_settings(options)
     run_dir = os.path.abspath(options.run_dir or run_folder.default_path(options.runs_root,
                                                                          recipe.name))
@@ -153,7 +212,10 @@ def prepare(argv):
     run_folder.check_writable(run_dir)
     worker_arguments = [f"--recipe={recipe.name}", f"--run_dir={run_dir}"] + [
         f"--{key}={value}" for key, value in overrides.items()]
-    return Launch(command=horovodrun_command(np, hosts, options, worker_arguments),
+    discovery_script = options.discovery_script and os.path.abspath(options.discovery_script)
+    return Launch(command=horovodrun_command(np, hosts, options, worker_arguments,
+                                             discovery_script or DISCOVERY_PLACEHOLDER),
+                  hostfile=os.path.abspath(options.hostfile) if options.hostfile else "",
                   run_dir=run_dir, hosts=hosts, ssh=settings, dry_run=options.dry_run,
                   rank_to_host=rank_hosts(hosts, np))
 
@@ -212,13 +274,28 @@ def run(command, environment, rank_to_host):
     return code
 
 
+def write_discovery_script(directory, hostfile):
+    """The host discovery script of an elastic run: the hostfile, re-read on every call."""
+    path = os.path.join(directory, "discover-hosts.sh")
+    with open(path, "w") as stream:
+        stream.write("#!/bin/sh\n"
+                     f"PYTHONPATH={shlex.quote(PROJECT_ROOT)} exec {shlex.quote(sys.executable)} "
+                     f"-m toolkit.hostfile --discover {shlex.quote(hostfile)}\n")
+    os.chmod(path, 0o755)
+    return path
+
+
 def launch(plan):
     """Check the hosts over ssh, then run horovodrun; return the exit code."""
     ssh_dir = None
     try:
         wrapper_dir = None
+        if DISCOVERY_PLACEHOLDER in plan.command:
+            ssh_dir = ssh_dir or remote.make_ssh_directory()
+            script = write_discovery_script(ssh_dir, plan.hostfile)
+            plan.command[plan.command.index(DISCOVERY_PLACEHOLDER)] = script
         if any(not remote.is_local(host.name) for host in plan.hosts):
-            ssh_dir = remote.make_ssh_directory()
+            ssh_dir = ssh_dir or remote.make_ssh_directory()
             wrapper_dir = remote.write_ssh_config(plan.ssh, plan.hosts, ssh_dir)
             failures = remote.unreachable_hosts(wrapper_dir, [host.name for host in plan.hosts],
                                                 timeout=plan.ssh.connect_timeout + 5)

@@ -34,8 +34,17 @@ class RemoteError(RuntimeError):
 
 
 def is_local(host_name):
-    """True for names that horovodrun runs without ssh."""
-    return host_name in ("localhost", "127.0.0.1", socket.gethostname())
+    """True for names that horovodrun runs without ssh: those that resolve to an address
+    of this machine (horovodrun's own test)."""
+    import psutil
+
+    try:
+        address = socket.gethostbyname(host_name)
+    except OSError:
+        return False
+    local = {entry.address for entries in psutil.net_if_addrs().values() for entry in entries
+             if entry.family == socket.AF_INET}
+    return address in local
 
 
 def write_ssh_config(settings, hosts, directory):

@@ -21,7 +21,7 @@ import tempfile
 RESUMABLE_CHANGES = frozenset({
     "epochs", "log_every_steps", "export", "checkpoints_to_keep", "checkpoint_every_steps",
     "intra_op_threads", "max_validation_examples", "on_nonfinite", "stall_check_seconds",
-    "stall_shutdown_seconds", "debug_nan_at_step", "debug_nan_rank"})
+    "stall_shutdown_seconds", "debug_nan_at_step", "debug_nan_rank", "elastic_commit_steps"})
 
 
 class RunFolderError(ValueError):

@@ -137,6 +137,19 @@ def weights_sha256(model):
     return digest.hexdigest()
 
 
+def for_world(config, world):
+    """The config as this world runs it: with ``global_batch_size`` set, each worker takes
+    an equal part of that fixed global batch (elastic runs keep it as workers change)."""
+    if not config.global_batch_size:
+        return config
+    if config.global_batch_size % world.size:
+        raise TrainingError(f"global_batch_size={config.global_batch_size} cannot be split "
+                            f"evenly over {world.size} workers; choose a multiple of every "
+                            "world size the run may have")
+    return dataclasses.replace(config,
+                               batch_size_per_worker=config.global_batch_size // world.size)
+
+
 def prepare_data(recipe, config, world):
     """This worker's data and the number of steps per epoch, equal on every worker."""
     data = recipe.build_data(config, world.shard())
@@ -245,6 +258,89 @@ def _final_metrics(model, logs, validation, trained):
             for key, value in sorted(results.items())}
 
 
+@dataclasses.dataclass
+class Session:
+    """What the training loop needs, built once per process."""
+
+    recipe: object
+    config: config_lib.TrainConfig
+    paths: dict
+    model: object
+    optimizer: object
+    guard: object
+    checkpointer: object
+    steps_per_epoch: int
+    resets: list = dataclasses.field(default_factory=list)
+
+
+def make_callbacks(session, world, position, extra_collectives=()):
+    """The callbacks of one fit, in order. Horovod's broadcast and metric averaging come
+    first, so that everything after them sees averaged metrics; then the other callbacks
+    every rank must run (some perform collectives); then rank-0-only writers."""
+    config, paths = session.config, session.paths
+    throughput = callbacks_lib.Throughput(config.batch_size_per_worker * world.size, world.size)
+    nonfinite = safety.NonFiniteCallback(session.guard, config.on_nonfinite)
+    fresh_start = position.global_step == 0 and not distributed.elastic_enabled()
+    callbacks = distributed.first_callbacks(fresh_start=fresh_start) + list(extra_collectives) + [
+        nonfinite, throughput,
+        callbacks_lib.Checkpointing(session.checkpointer if world.is_chief else None,
+                                    config.checkpoint_every_steps, session.steps_per_epoch,
+                                    distributed.average_non_trainable)]
+    progress = None
+    if world.is_chief:
+        progress = callbacks_lib.Progress(config.epochs, session.steps_per_epoch,
+                                          config.log_every_steps, throughput)
+        callbacks += [
+            progress,
+            callbacks_lib.StepScalars(os.path.join(paths["tensorboard"], "train"),
+                                      config.log_every_steps, throughput),
+            keras.callbacks.TensorBoard(paths["tensorboard"], update_freq="epoch",
+                                        write_graph=False, profile_batch=0),
+        ]
+    return callbacks, nonfinite, progress
+
+
+def run_elastic(session, data):
+    """Elastic training: workers may leave (fail) or join while the run goes on.
+
+    The global batch stays fixed (``global_batch_size``; each worker takes its share), so
+    the plan in steps, and the learning-rate schedule, do not depend on how many workers
+    there are. Horovod keeps the model and optimizer (with the step counter) committed in
+    memory every ``elastic_commit_steps`` steps; after a reset every worker restores the
+    last commit, rank 0's copy is broadcast, the data is sharded for the new world and
+    training goes on from the committed step. Each (re)start checks that all workers hold
+    identical weights and records it in ``summary.json`` (``elastic_resets``).
+    """
+    state = distributed.elastic_state(session.model, session.optimizer)
+    outcome = {}
+
+    @distributed.elastic_run
+    def train_on_current_world(state):
+        world = distributed.current_world()
+        config = for_world(session.config, world)
+        hashes = distributed.allgather_object(weights_sha256(session.model))
+        step = int(session.optimizer.iterations.numpy())
+        session.resets.append({"world_size": world.size, "global_step": step,
+                               "weights_identical_on_all_ranks": len(set(hashes)) == 1})
+        if world.is_chief:
+            print(f"[toolkit] elastic: {world.size} workers from global step {step}, "
+                  f"{config.batch_size_per_worker} examples each per step", flush=True)
+        current = data if len(session.resets) == 1 else session.recipe.build_data(
+            config, world.shard())
+        position = checkpoints.Position(step // session.steps_per_epoch,
+                                        step % session.steps_per_epoch, step)
+        commit = distributed.commit_callback(state, config.elastic_commit_steps)
+        callbacks, nonfinite, progress = make_callbacks(session, world, position, [commit])
+        logs = run_fit(session.model, current,
+                       lambda: session.recipe.build_data(config, world.shard()).train,
+                       position, config, session.steps_per_epoch, callbacks, progress)
+        outcome.update(logs=logs, nonfinite=nonfinite, world=world, data=current)
+        return logs
+
+    train_on_current_world(state)
+    return outcome["logs"], outcome["nonfinite"], outcome["world"], outcome["data"]
+
+
 def train(recipe, config, run_dir):
     """Run ``recipe`` with ``config`` on this worker; return the summary dict."""
     started = time.time()
@@ -253,11 +349,13 @@ def train(recipe, config, run_dir):
     safety.start_lifeline()
     runtime = configure_runtime(config, world)
     paths = run_folder.paths(run_dir)
-    config_dict = config_lib.to_dict(config)
 
     # The chief checks the run folder; everyone stops together if it is unusable.
     agree(world, lambda: run_folder.check_writable(run_dir))
-    agree(world, lambda: run_folder.check_resumable(run_dir, recipe.name, config_dict))
+    agree(world, lambda: run_folder.check_resumable(run_dir, recipe.name,
+                                                    config_lib.to_dict(config)))
+    config_dict = config_lib.to_dict(config)
+    config = for_world(config, world)
     data, steps_per_epoch = prepare_data(recipe, config, world)
     agree(world, lambda: run_folder.check_same_classes(run_dir, data.class_names))
     model, optimizer, guard = build_training(recipe, config, world, data, steps_per_epoch)
@@ -300,30 +398,15 @@ def train(recipe, config, run_dir):
               f"{config.batch_size_per_worker * world.size}; {steps_per_epoch} steps/epoch; "
               f"run folder {run_dir}{resume_note}", flush=True)
 
-    throughput = callbacks_lib.Throughput(config.batch_size_per_worker * world.size, world.size)
-    nonfinite = safety.NonFiniteCallback(guard, config.on_nonfinite)
-    # Order matters. Horovod's broadcast and metric averaging come first, so that everything
-    # after them sees averaged metrics; then the collectives every rank must run
-    # (checkpointing synchronises batch-norm statistics); then rank-0-only writers.
-    callbacks = distributed.first_callbacks(fresh_start=position.global_step == 0) + [
-        nonfinite, throughput,
-        callbacks_lib.Checkpointing(checkpointer if world.is_chief else None,
-                                    config.checkpoint_every_steps, steps_per_epoch,
-                                    distributed.average_non_trainable)]
-    progress = None
-    if world.is_chief:
-        progress = callbacks_lib.Progress(config.epochs, steps_per_epoch, config.log_every_steps,
-                                          throughput)
-        callbacks += [
-            progress,
-            callbacks_lib.StepScalars(os.path.join(paths["tensorboard"], "train"),
-                                      config.log_every_steps, throughput),
-            keras.callbacks.TensorBoard(paths["tensorboard"], update_freq="epoch",
-                                        write_graph=False, profile_batch=0),
-        ]
-
-    logs = run_fit(model, data, lambda: recipe.build_data(config, world.shard()).train, position,
-                   config, steps_per_epoch, callbacks, progress)
+    session = Session(recipe=recipe, config=config, paths=paths, model=model,
+                      optimizer=optimizer, guard=guard, checkpointer=checkpointer,
+                      steps_per_epoch=steps_per_epoch)
+    if distributed.elastic_enabled():
+        logs, nonfinite, world, data = run_elastic(session, data)
+    else:
+        callbacks, nonfinite, progress = make_callbacks(session, world, position)
+        logs = run_fit(model, data, lambda: recipe.build_data(config, world.shard()).train,
+                       position, config, steps_per_epoch, callbacks, progress)
     if nonfinite.stopped_at is not None:
         latest = checkpointer.latest if world.is_chief else "reported by rank 0"
         raise safety.NonFiniteError(
@@ -347,6 +430,7 @@ def train(recipe, config, run_dir):
         "nonfinite_steps_skipped": int(guard.skipped_steps.numpy()),
         "world_size": world.size,
         "global_batch_size": config.batch_size_per_worker * world.size,
+        "elastic_resets": session.resets,
         "samples_per_second": float(logs.get("samples_per_second", [0.0])[-1]),
         "samples_per_second_per_worker": float(
             logs.get("samples_per_second_per_worker", [0.0])[-1]),
