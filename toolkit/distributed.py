@@ -198,12 +198,13 @@ def elastic_enabled():
     return os.environ.get("HOROVOD_ELASTIC") == "1"
 
 
-def elastic_state(model, optimizer):
+def elastic_state(model, optimizer, **values):
     """The state an elastic run keeps in memory: committed copies of the model's and the
     optimizer's variables (the step counter among them), restored on every worker after
-    a failure and broadcast from rank 0 to the workers of the new world."""
+    a failure and broadcast from rank 0 to the workers of the new world. ``values`` are
+    small Python values kept and synchronised the same way."""
     # Horovod: elastic Keras state.
-    return hvd.elastic.KerasState(model, optimizer=optimizer)
+    return hvd.elastic.KerasState(model, optimizer=optimizer, **values)
 
 
 def elastic_run(function):

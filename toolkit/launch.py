@@ -306,6 +306,7 @@ def launch(plan):
                 print("Check the host is up and reachable (make doctor HOSTFILE=...); "
                       "nothing was launched.", file=sys.stderr)
                 return 2
+        print("[launch] " + " ".join(plan.command), flush=True)
         return run(plan.command, worker_environment(wrapper_dir), plan.rank_to_host)
     finally:
         if ssh_dir:
@@ -319,8 +320,8 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         print("Nothing was launched.", file=sys.stderr)
         return 2
-    print("[launch] " + " ".join(plan.command), flush=True)
     if plan.dry_run:
+        print("[launch] " + " ".join(plan.command), flush=True)
         return 0
     code = launch(plan)
     run_dir = plan.run_dir

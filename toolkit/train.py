@@ -150,7 +150,7 @@ def for_world(config, world):
                                batch_size_per_worker=config.global_batch_size // world.size)
 
 
-def prepare_data(recipe, config, world):
+def prepare_data(recipe, config, world, agree_on_steps=True):
     """This worker's data and the number of steps per epoch, equal on every worker."""
     data = recipe.build_data(config, world.shard())
     steps_per_epoch = data.train_examples // config.batch_size_per_worker
@@ -163,10 +163,12 @@ def prepare_data(recipe, config, world):
     if data.validation_examples == 0:
         raise TrainingError("each worker's validation shard is empty; give more validation "
                             "data or fewer workers")
-    # Unequal step counts would leave a worker waiting in an allreduce forever.
-    all_steps = distributed.allgather_object(steps_per_epoch)
-    if len(set(all_steps)) != 1:
-        raise TrainingError(f"workers disagree on steps per epoch: {all_steps}")
+    # Unequal step counts would leave a worker waiting in an allreduce forever. (Elastic
+    # runs take rank 0's number from the elastic state instead.)
+    if agree_on_steps:
+        all_steps = distributed.allgather_object(steps_per_epoch)
+        if len(set(all_steps)) != 1:
+            raise TrainingError(f"workers disagree on steps per epoch: {all_steps}")
     return data, steps_per_epoch
 
 
@@ -264,6 +266,7 @@ class Session:
 
     recipe: object
     config: config_lib.TrainConfig
+    config_dict: dict
     paths: dict
     model: object
     optimizer: object
@@ -300,7 +303,7 @@ def make_callbacks(session, world, position, extra_collectives=()):
     return callbacks, nonfinite, progress
 
 
-def run_elastic(session, data):
+def run_elastic(session, data, runtime, position, run_dir):
     """Elastic training: workers may leave (fail) or join while the run goes on.
 
     The global batch stays fixed (``global_batch_size``; each worker takes its share), so
@@ -311,14 +314,17 @@ def run_elastic(session, data):
     training goes on from the committed step. Each (re)start checks that all workers hold
     identical weights and records it in ``summary.json`` (``elastic_resets``).
     """
-    state = distributed.elastic_state(session.model, session.optimizer)
+    state = distributed.elastic_state(session.model, session.optimizer,
+                                      steps_per_epoch=session.steps_per_epoch)
     outcome = {}
 
     @distributed.elastic_run
     def train_on_current_world(state):
         world = distributed.current_world()
         config = for_world(session.config, world)
+        session.steps_per_epoch = state.steps_per_epoch  # rank 0's, for workers that joined
         hashes = distributed.allgather_object(weights_sha256(session.model))
+        workers = distributed.allgather_object(worker_identity(world))
         step = int(session.optimizer.iterations.numpy())
         session.resets.append({"world_size": world.size, "global_step": step,
                                "weights_identical_on_all_ranks": len(set(hashes)) == 1})
@@ -327,6 +333,10 @@ def run_elastic(session, data):
                   f"{config.batch_size_per_worker} examples each per step", flush=True)
         current = data if len(session.resets) == 1 else session.recipe.build_data(
             config, world.shard())
+        if world.is_chief:
+            write_run_config(session, world, workers, current, runtime,
+                             restored if len(session.resets) == 1 else current_position(),
+                             run_dir)
         position = checkpoints.Position(step // session.steps_per_epoch,
                                         step % session.steps_per_epoch, step)
         commit = distributed.commit_callback(state, config.elastic_commit_steps)
@@ -337,73 +347,97 @@ def run_elastic(session, data):
         outcome.update(logs=logs, nonfinite=nonfinite, world=world, data=current)
         return logs
 
+    restored = position
+
+    def current_position():
+        step = int(session.optimizer.iterations.numpy())
+        return checkpoints.Position(step // session.steps_per_epoch,
+                                    step % session.steps_per_epoch, step)
+
     train_on_current_world(state)
     return outcome["logs"], outcome["nonfinite"], outcome["world"], outcome["data"]
 
 
+def write_run_config(session, world, workers, data, runtime, position, run_dir):
+    """The chief writes config.json and prints the run's one-line description."""
+    config, paths = session.config, session.paths
+    os.makedirs(paths["tensorboard"], exist_ok=True)
+    run_folder.write_json(paths["config"], {
+        "recipe": session.recipe.name, "config": session.config_dict,
+        "world_size": world.size, "workers": workers, "data": data.description,
+        "class_names": list(data.class_names),
+        "train_examples_per_worker": data.train_examples,
+        "validation_examples_per_worker": data.validation_examples,
+        "steps_per_epoch": session.steps_per_epoch,
+        "global_batch_size": config.batch_size_per_worker * world.size,
+        "runtime": runtime, "versions": versions_lib.collect(), "command": sys.argv,
+        "resumed_from": dataclasses.asdict(position),
+    })
+    resume_note = (f"; resuming at epoch {position.epochs_done + 1}, step "
+                   f"{position.steps_into_epoch} (global step {position.global_step}, "
+                   f"{os.path.basename(position.checkpoint)})" if position.global_step
+                   else "")
+    print(f"[toolkit] {session.recipe.name}: {data.description}; {world.size} workers x "
+          f"{config.batch_size_per_worker} = global batch "
+          f"{config.batch_size_per_worker * world.size}; {session.steps_per_epoch} "
+          f"steps/epoch; run folder {run_dir}{resume_note}", flush=True)
+
+
 def train(recipe, config, run_dir):
-    """Run ``recipe`` with ``config`` on this worker; return the summary dict."""
+    """Run ``recipe`` with ``config`` on this worker; return the summary dict.
+
+    In elastic mode a worker may join a run that is already going, so nothing before
+    the elastic loop may be a collective (the running workers would not join it): the
+    run-folder checks (already made by the launcher) and the restore are local, and
+    Horovod's elastic state brings a newcomer the model, optimizer and plan of rank 0.
+    """
     started = time.time()
+    elastic = distributed.elastic_enabled()
     configure_horovod(config)
     world = distributed.init()
     safety.start_lifeline()
     runtime = configure_runtime(config, world)
     paths = run_folder.paths(run_dir)
-
-    # The chief checks the run folder; everyone stops together if it is unusable.
-    agree(world, lambda: run_folder.check_writable(run_dir))
-    agree(world, lambda: run_folder.check_resumable(run_dir, recipe.name,
-                                                    config_lib.to_dict(config)))
     config_dict = config_lib.to_dict(config)
+
+    def check(function):
+        if not elastic:
+            agree(world, function)  # the chief checks; everyone stops together
+        elif world.is_chief:
+            function()
+
+    check(lambda: run_folder.check_writable(run_dir))
+    check(lambda: run_folder.check_resumable(run_dir, recipe.name, config_dict))
     config = for_world(config, world)
-    data, steps_per_epoch = prepare_data(recipe, config, world)
-    agree(world, lambda: run_folder.check_same_classes(run_dir, data.class_names))
+    data, steps_per_epoch = prepare_data(recipe, config, world, agree_on_steps=not elastic)
+    check(lambda: run_folder.check_same_classes(run_dir, data.class_names))
     model, optimizer, guard = build_training(recipe, config, world, data, steps_per_epoch)
 
     checkpointer = checkpoints.Checkpointer(paths["checkpoints"], model, optimizer,
                                             keep=config.checkpoints_to_keep)
-    # The chief restores (its run folder may be the only copy); everyone learns where the
-    # run stands, or why it cannot continue, from one broadcast.
-    position, message = checkpoints.Position(), None
-    if world.is_chief:
-        try:
-            position = checkpointer.restore(steps_per_epoch)
-        except checkpoints.CheckpointError as error:
-            message = str(error)
-    position, message = distributed.broadcast_object((position, message))
-    if message:
-        raise TrainingError(message)
-    distributed.broadcast_variables(model.variables + list(optimizer.variables))
-
-    workers = distributed.allgather_object(worker_identity(world))
-    if world.is_chief:
-        os.makedirs(paths["tensorboard"], exist_ok=True)
-        run_folder.write_json(paths["config"], {
-            "recipe": recipe.name, "config": config_dict, "world_size": world.size,
-            "workers": workers, "data": data.description,
-            "class_names": list(data.class_names),
-            "train_examples_per_worker": data.train_examples,
-            "validation_examples_per_worker": data.validation_examples,
-            "steps_per_epoch": steps_per_epoch,
-            "global_batch_size": config.batch_size_per_worker * world.size,
-            "runtime": runtime, "versions": versions_lib.collect(), "command": sys.argv,
-            "resumed_from": dataclasses.asdict(position),
-        })
-        resume_note = (f"; resuming at epoch {position.epochs_done + 1}, step "
-                       f"{position.steps_into_epoch} (global step {position.global_step}, "
-                       f"{os.path.basename(position.checkpoint)})" if position.global_step
-                       else "")
-        print(f"[toolkit] {recipe.name}: {data.description}; {world.size} workers x "
-              f"{config.batch_size_per_worker} = global batch "
-              f"{config.batch_size_per_worker * world.size}; {steps_per_epoch} steps/epoch; "
-              f"run folder {run_dir}{resume_note}", flush=True)
-
-    session = Session(recipe=recipe, config=config, paths=paths, model=model,
-                      optimizer=optimizer, guard=guard, checkpointer=checkpointer,
-                      steps_per_epoch=steps_per_epoch)
-    if distributed.elastic_enabled():
-        logs, nonfinite, world, data = run_elastic(session, data)
+    session = Session(recipe=recipe, config=config, config_dict=config_dict, paths=paths,
+                      model=model, optimizer=optimizer, guard=guard,
+                      checkpointer=checkpointer, steps_per_epoch=steps_per_epoch)
+    if elastic:
+        position = checkpointer.restore(steps_per_epoch) if world.is_chief else (
+            checkpoints.Position())
+        logs, nonfinite, world, data = run_elastic(session, data, runtime, position, run_dir)
     else:
+        # The chief restores (its run folder may be the only copy); everyone learns where
+        # the run stands, or why it cannot continue, from one broadcast.
+        position, message = checkpoints.Position(), None
+        if world.is_chief:
+            try:
+                position = checkpointer.restore(steps_per_epoch)
+            except checkpoints.CheckpointError as error:
+                message = str(error)
+        position, message = distributed.broadcast_object((position, message))
+        if message:
+            raise TrainingError(message)
+        distributed.broadcast_variables(model.variables + list(optimizer.variables))
+        workers = distributed.allgather_object(worker_identity(world))
+        if world.is_chief:
+            write_run_config(session, world, workers, data, runtime, position, run_dir)
         callbacks, nonfinite, progress = make_callbacks(session, world, position)
         logs = run_fit(model, data, lambda: recipe.build_data(config, world.shard()).train,
                        position, config, steps_per_epoch, callbacks, progress)
