@@ -11,7 +11,7 @@ def test_dry_run_builds_the_horovodrun_command(tmp_path):
                      "--epochs=1"], timeout=120)
     line = next(line for line in result.stdout.splitlines() if line.startswith("[launch]"))
     assert "horovodrun -np 2 -H localhost:2 --gloo" in line
-    assert f"-m toolkit.train --recipe=image --run_dir={tmp_path}/r --epochs=1" in line
+    assert f"-m toolkit.train recipe=image run_dir={tmp_path}/r epochs=1" in line
 
 
 def expect_refusal(arguments, *fragments):

@@ -51,6 +51,11 @@ class TrainConfig:
     fp16_allreduce: bool = False  # halves allreduce bytes at some precision cost
     backward_passes_per_step: int = 1  # >1 accumulates gradients locally first
     adasum: bool = False  # Adasum reduction instead of averaging
+    fusion_threshold_mb: float = 0.0  # tensor fusion buffer; 0 = Horovod's default (128 MB)
+    cycle_time_ms: float = 0.0  # wait between fusion cycles; 0 = Horovod's default
+    autotune: bool = False  # let Horovod tune fusion and cycle time (log: autotune.csv)
+    timeline: bool = False  # Horovod timeline, a chrome://tracing file: timeline.json
+    pin_cpus: bool = False  # CPU: pin each worker to its own share of the cores
 
     # Outputs.
     log_every_steps: int = 50  # progress line and TensorBoard step scalars
@@ -58,6 +63,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch; 0 = at epoch ends only
     elastic_commit_steps: int = 20  # elastic runs: in-memory commit every N steps
     export: bool = True  # write a SavedModel with a raw-input signature at the end
+    confusion_matrix: bool = True  # TensorBoard image after each validation (rank 0)
+    profile_steps: str = ""  # "10,20": TensorFlow profiler trace of these steps (rank 0)
 
     # Safety.
     deterministic: bool = False  # seeded, deterministic ops: a resumed run matches exactly
@@ -87,6 +94,14 @@ class TrainConfig:
                     "global_batch_size",
                     "debug_nan_at_step", "debug_nan_rank"):
             _require(self, key, getattr(self, key) >= 0, "an integer >= 0")
+        for key in ("fusion_threshold_mb", "cycle_time_ms"):
+            _require(self, key, getattr(self, key) >= 0, "a number >= 0 (0 = Horovod's default)")
+        if self.profile_steps:
+            parts = self.profile_steps.split(",")
+            if len(parts) != 2 or not all(part.isdigit() for part in parts) or not (
+                    0 < int(parts[0]) <= int(parts[1])):
+                raise ConfigError(f"config key 'profile_steps' got {self.profile_steps!r}; "
+                                  "expected 'FIRST,LAST' steps, e.g. '10,20'")
         if self.stall_shutdown_seconds and self.stall_shutdown_seconds < self.stall_check_seconds:
             raise ConfigError("config key 'stall_shutdown_seconds' must be 0 (never) or at "
                               f"least stall_check_seconds ({self.stall_check_seconds})")

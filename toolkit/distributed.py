@@ -178,6 +178,16 @@ class AverageNonTrainableCallback(tf_keras.callbacks.Callback):
         average_non_trainable(self.model)
 
 
+def time_allreduce(elements):
+    """Median seconds of an allreduce of ``elements`` float32 values (a collective)."""
+    from toolkit import observe
+
+    tensor = tf.ones([elements], tf.float32)
+    # Horovod: a probe allreduce the size of all gradients, to estimate communication time.
+    return observe.time_it(lambda: hvd_tf.allreduce(tensor, op=hvd_tf.Average,
+                                                    name="allreduce_probe").numpy())
+
+
 def barrier():
     """Wait until every worker gets here."""
     # Horovod: a tiny allreduce that everyone must join.

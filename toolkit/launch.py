@@ -210,8 +210,10 @@ def prepare(argv):
                                                                          recipe.name))
     run_folder.check_resumable(run_dir, recipe.name, config_lib.to_dict(config))
     run_folder.check_writable(run_dir)
-    worker_arguments = [f"--recipe={recipe.name}", f"--run_dir={run_dir}"] + [
-        f"--{key}={value}" for key, value in overrides.items()]
+    # key=value without dashes: horovodrun parses dashed words after the command as its
+    # own options when they abbreviate one (--timeline=..., --autotune=...).
+    worker_arguments = [f"recipe={recipe.name}", f"run_dir={run_dir}"] + [
+        f"{key}={value}" for key, value in overrides.items()]
     discovery_script = options.discovery_script and os.path.abspath(options.discovery_script)
     return Launch(command=horovodrun_command(np, hosts, options, worker_arguments,
                                              discovery_script or DISCOVERY_PLACEHOLDER),

@@ -7,6 +7,8 @@ Layout of ``RUN_DIR`` (default ``runs/<recipe>/<timestamp>/``)::
     checkpoints/   tf.train checkpoints, one per epoch, the newest few kept
     export/        SavedModel with a raw-input serving signature, plus labels.json
     summary.json   final validation metrics, epochs, steps, speed, weight hashes
+    timeline.json  Horovod timeline (--timeline=true)
+    autotune.csv   Horovod autotuning log (--autotune=true)
 
 Only the chief (rank 0) writes here. Folders are created with the user's umask.
 """
@@ -21,7 +23,9 @@ import tempfile
 RESUMABLE_CHANGES = frozenset({
     "epochs", "log_every_steps", "export", "checkpoints_to_keep", "checkpoint_every_steps",
     "intra_op_threads", "max_validation_examples", "on_nonfinite", "stall_check_seconds",
-    "stall_shutdown_seconds", "debug_nan_at_step", "debug_nan_rank", "elastic_commit_steps"})
+    "stall_shutdown_seconds", "debug_nan_at_step", "debug_nan_rank", "elastic_commit_steps",
+    "fusion_threshold_mb", "cycle_time_ms", "autotune", "timeline", "pin_cpus",
+    "confusion_matrix", "profile_steps"})
 
 
 class RunFolderError(ValueError):
@@ -40,6 +44,8 @@ def paths(run_dir):
         "tensorboard": os.path.join(run_dir, "tensorboard"),
         "checkpoints": os.path.join(run_dir, "checkpoints"),
         "export": os.path.join(run_dir, "export"),
+        "timeline": os.path.join(run_dir, "timeline.json"),
+        "autotune": os.path.join(run_dir, "autotune.csv"),
     }
 
 
@@ -79,7 +85,10 @@ def check_resumable(run_dir, recipe_name, config_dict):
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunFolderError(f"RUN_DIR {run_dir} exists and is not a folder")
     if not os.path.exists(config_path):
-        if os.path.isdir(run_dir) and any(not name.startswith(".") for name in os.listdir(run_dir)):
+        # Horovod creates timeline.json / autotune.csv at init, before this check.
+        ours = {"timeline.json", "autotune.csv"}
+        if os.path.isdir(run_dir) and any(not name.startswith(".") and name not in ours
+                                          for name in os.listdir(run_dir)):
             raise RunFolderError(
                 f"RUN_DIR {run_dir} is not empty and holds no config.json, so it is not a run "
                 "of this toolkit; choose a new or empty folder")

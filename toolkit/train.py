@@ -12,15 +12,17 @@ starts ``horovodrun`` for you::
 The launch make performs, spelled out (``python -m toolkit.launch --dry_run`` prints it)::
 
     horovodrun -np 2 -H localhost:2 --gloo \\
-        .venv/bin/python -m toolkit.train --recipe=image --run_dir=runs/image/x --epochs=1
+        .venv/bin/python -m toolkit.train recipe=image run_dir=runs/image/x epochs=1
 
 A tiny CPU run in one process, without horovodrun (Horovod then runs with one worker)::
 
     .venv/bin/python -m toolkit.train --recipe=image --run_dir=/tmp/tiny \\
         --epochs=1 --max_steps_per_epoch=5 --max_validation_examples=256
 
-Arguments: ``--recipe=NAME --run_dir=DIR`` and any ``--key=value`` config override;
-``--help`` with a recipe lists its keys.
+Arguments: ``--recipe=NAME --run_dir=DIR`` and any ``--key=value`` config override, or the
+same without the dashes (``recipe=NAME``), the form the launcher uses because horovodrun
+would read a dashed worker argument that abbreviates one of its options (``--timeline``,
+``--autotune``) as its own; ``--help`` with a recipe lists its keys.
 """
 
 import dataclasses
@@ -43,6 +45,7 @@ from toolkit import callbacks as callbacks_lib  # noqa: E402
 from toolkit import checkpoints  # noqa: E402
 from toolkit import config as config_lib  # noqa: E402
 from toolkit import distributed  # noqa: E402
+from toolkit import observe  # noqa: E402
 from toolkit import recipe as recipe_lib  # noqa: E402
 from toolkit import run_folder  # noqa: E402
 from toolkit import safety  # noqa: E402
@@ -55,10 +58,16 @@ class TrainingError(RuntimeError):
 
 
 def parse_arguments(argv):
-    """Split argv into (recipe name, run dir, config overrides, wants help)."""
+    """Split argv into (recipe name, run dir, config overrides, wants help).
+
+    Arguments are ``--key=value``, or ``key=value`` as the launcher writes them: horovodrun
+    would take a worker argument such as ``--autotune=true`` for one of its own options.
+    """
     recipe_name, run_dir, rest = None, None, []
     wants_help = False
     for argument in argv:
+        if "=" in argument and not argument.startswith("-"):
+            argument = "--" + argument
         if argument.startswith("--recipe="):
             recipe_name = argument.split("=", 1)[1]
         elif argument.startswith("--run_dir="):
@@ -70,8 +79,18 @@ def parse_arguments(argv):
     return recipe_name, run_dir, config_lib.split_overrides(rest), wants_help
 
 
-def configure_horovod(config):
+def configure_horovod(config, paths):
     """Horovod reads these from the environment at init, on every worker."""
+    if config.fusion_threshold_mb:
+        os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(config.fusion_threshold_mb * 2 ** 20))
+    if config.cycle_time_ms:
+        os.environ["HOROVOD_CYCLE_TIME"] = str(config.cycle_time_ms)
+    if config.autotune:
+        os.environ["HOROVOD_AUTOTUNE"] = "1"
+        os.environ["HOROVOD_AUTOTUNE_LOG"] = paths["autotune"]
+    if config.timeline:
+        # Rank 0 writes it; chrome://tracing or https://ui.perfetto.dev opens it.
+        os.environ["HOROVOD_TIMELINE"] = paths["timeline"]
     # Horovod's stall check: warn when a rank is late to a collective, and (unlike
     # Horovod's default, which warns forever) stop the job when it stays stuck.
     os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(config.stall_check_seconds)
@@ -84,6 +103,13 @@ def configure_runtime(config, world):
     # threads, so that two workers do not each start a pool the size of the machine.
     cores = len(os.sched_getaffinity(0))
     intra_op = config.intra_op_threads or max(1, cores // world.local_size)
+    if config.pin_cpus and not tf.config.list_physical_devices("GPU"):
+        # Each worker on this host gets its own block of cores (the OS may still move
+        # the tf.data threads; this only keeps workers from trading cores).
+        available = sorted(os.sched_getaffinity(0))
+        share = max(1, len(available) // world.local_size)
+        mine = available[world.local_rank * share:(world.local_rank + 1) * share] or available
+        os.sched_setaffinity(0, mine)
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     tf.config.threading.set_inter_op_parallelism_threads(1 if intra_op == 1 else 2)
     gpu = distributed.pin_to_local_gpu(world)
@@ -276,11 +302,12 @@ class Session:
     resets: list = dataclasses.field(default_factory=list)
 
 
-def make_callbacks(session, world, position, extra_collectives=()):
+def make_callbacks(session, world, position, data, extra_collectives=()):
     """The callbacks of one fit, in order. Horovod's broadcast and metric averaging come
     first, so that everything after them sees averaged metrics; then the other callbacks
     every rank must run (some perform collectives); then rank-0-only writers."""
     config, paths = session.config, session.paths
+    validation, class_names = data.validation, data.class_names
     throughput = callbacks_lib.Throughput(config.batch_size_per_worker * world.size, world.size)
     nonfinite = safety.NonFiniteCallback(session.guard, config.on_nonfinite)
     fresh_start = position.global_step == 0 and not distributed.elastic_enabled()
@@ -289,6 +316,8 @@ def make_callbacks(session, world, position, extra_collectives=()):
         callbacks_lib.Checkpointing(session.checkpointer if world.is_chief else None,
                                     config.checkpoint_every_steps, session.steps_per_epoch,
                                     distributed.average_non_trainable)]
+    if world.size > 1:
+        callbacks.append(observe.AllreduceShare(throughput, distributed.time_allreduce))
     progress = None
     if world.is_chief:
         progress = callbacks_lib.Progress(config.epochs, session.steps_per_epoch,
@@ -297,9 +326,14 @@ def make_callbacks(session, world, position, extra_collectives=()):
             progress,
             callbacks_lib.StepScalars(os.path.join(paths["tensorboard"], "train"),
                                       config.log_every_steps, throughput),
-            keras.callbacks.TensorBoard(paths["tensorboard"], update_freq="epoch",
-                                        write_graph=False, profile_batch=0),
+            keras.callbacks.TensorBoard(
+                paths["tensorboard"], update_freq="epoch", write_graph=False,
+                profile_batch=tuple(int(step) for step in config.profile_steps.split(","))
+                if config.profile_steps else 0),
         ]
+        if config.confusion_matrix and validation is not None:
+            callbacks.append(observe.ConfusionMatrix(
+                os.path.join(paths["tensorboard"], "validation"), validation, class_names))
     return callbacks, nonfinite, progress
 
 
@@ -340,7 +374,8 @@ def run_elastic(session, data, runtime, position, run_dir):
         position = checkpoints.Position(step // session.steps_per_epoch,
                                         step % session.steps_per_epoch, step)
         commit = distributed.commit_callback(state, config.elastic_commit_steps)
-        callbacks, nonfinite, progress = make_callbacks(session, world, position, [commit])
+        callbacks, nonfinite, progress = make_callbacks(session, world, position, current,
+                                                        [commit])
         logs = run_fit(session.model, current,
                        lambda: session.recipe.build_data(config, world.shard()).train,
                        position, config, session.steps_per_epoch, callbacks, progress)
@@ -373,6 +408,13 @@ def write_run_config(session, world, workers, data, runtime, position, run_dir):
         "runtime": runtime, "versions": versions_lib.collect(), "command": sys.argv,
         "resumed_from": dataclasses.asdict(position),
     })
+    log_dir = paths["tensorboard"]
+    observe.write_config_text(log_dir, session.config_dict, {"world_size": world.size})
+    observe.write_hparams_start(log_dir, dict(session.config_dict, world_size=world.size),
+                                run_name=os.path.basename(os.path.normpath(run_dir)),
+                                metric_names=["validation_loss", "validation_accuracy",
+                                              "samples_per_second"])
+    observe.write_input_examples(os.path.join(log_dir, "train"), data.train)
     resume_note = (f"; resuming at epoch {position.epochs_done + 1}, step "
                    f"{position.steps_into_epoch} (global step {position.global_step}, "
                    f"{os.path.basename(position.checkpoint)})" if position.global_step
@@ -393,11 +435,11 @@ def train(recipe, config, run_dir):
     """
     started = time.time()
     elastic = distributed.elastic_enabled()
-    configure_horovod(config)
+    paths = run_folder.paths(run_dir)
+    configure_horovod(config, paths)
     world = distributed.init()
     safety.start_lifeline()
     runtime = configure_runtime(config, world)
-    paths = run_folder.paths(run_dir)
     config_dict = config_lib.to_dict(config)
 
     def check(function):
@@ -438,7 +480,7 @@ def train(recipe, config, run_dir):
         workers = distributed.allgather_object(worker_identity(world))
         if world.is_chief:
             write_run_config(session, world, workers, data, runtime, position, run_dir)
-        callbacks, nonfinite, progress = make_callbacks(session, world, position)
+        callbacks, nonfinite, progress = make_callbacks(session, world, position, data)
         logs = run_fit(model, data, lambda: recipe.build_data(config, world.shard()).train,
                        position, config, steps_per_epoch, callbacks, progress)
     if nonfinite.stopped_at is not None:
@@ -482,6 +524,11 @@ def train(recipe, config, run_dir):
             export.save(recipe, config, model, data, paths["export"])
             summary["export"] = paths["export"]
         run_folder.write_json(paths["summary"], summary)
+        observe.write_final_metrics(
+            paths["tensorboard"],
+            dict({f"validation_{key}": value for key, value in metrics.items()},
+                 samples_per_second=summary["samples_per_second"]),
+            step=summary["global_steps"])
         print(f"[toolkit] done: validation {json.dumps(metrics)}; "
               f"{summary['samples_per_second']:.0f} samples/s; results in {run_dir} "
               f"(summary.json, tensorboard/, checkpoints/, export/)", flush=True)
