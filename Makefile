@@ -2,6 +2,7 @@
 #
 #   make train RECIPE=image [NP=2] [HOSTFILE=hostfiles/x] [RUN_DIR=runs/...] [ARGS="--key=value"]
 #   make test          # the whole test suite (what CI runs)
+#   make bench RECIPE=image NP="1 2"   # throughput, scaling, peers: bench/<recipe>/<time>/
 #   make tensorboard   # serve the runs folder
 #   make config RECIPE=image   # list the recipe's config keys, types and defaults
 #   make doctor HOSTFILE=hostfiles/x   # check every host before a multi-host run
@@ -31,6 +32,11 @@ BLACKLIST_COOLDOWN ?=
 TB_HOST ?= 127.0.0.1
 TB_PORT ?= 6006
 TEST_ARGS ?=
+REPEATS ?= 3
+STEPS ?= 40
+WARMUP ?= 10
+TIMELINE ?=
+AUTOTUNE ?=
 NODES ?= 2
 GPUS_PER_NODE ?= 8
 IMAGE ?=
@@ -39,7 +45,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages horovod horovod-wheel gpu-build-check train test tensorboard config doctor slurm mpijob clean
+.PHONY: help setup system-packages horovod horovod-wheel gpu-build-check train test tensorboard config doctor slurm mpijob bench clean
 
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
@@ -74,7 +80,7 @@ SYSTEM_PACKAGES += python3-venv python3-dev
 endif
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(SETUP_STAMP)
 
@@ -186,7 +192,15 @@ LAUNCH_OPTIONS = --start_timeout=$(START_TIMEOUT) $(if $(NP),--np=$(NP)) \
 
 train: setup
 	$(VENV_PYTHON) -m toolkit.launch --recipe=$(RECIPE) --runs_root=$(RUNS_DIR) \
-	  $(LAUNCH_OPTIONS) $(if $(RUN_DIR),--run_dir=$(RUN_DIR)) $(ARGS)
+	  $(LAUNCH_OPTIONS) $(if $(RUN_DIR),--run_dir=$(RUN_DIR)) \
+	  $(if $(filter 1,$(TIMELINE)),--timeline=true) $(if $(filter 1,$(AUTOTUNE)),--autotune=true) \
+	  $(ARGS)
+
+# NP is a list here: make bench RECIPE=image NP="1 2"
+bench: setup
+	$(VENV_PYTHON) -m toolkit.bench --recipe=$(RECIPE) --np="$(or $(NP),1 2)" \
+	  --repeats=$(REPEATS) --steps=$(STEPS) --warmup=$(WARMUP) \
+	  $(if $(HOSTFILE),--hostfile=$(HOSTFILE)) $(ARGS)
 
 test: setup
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(TEST_SYSTEM_PACKAGES)"

@@ -46,6 +46,7 @@ class TrainConfig:
     mixed_precision: bool = False  # float16 on GPU, bfloat16 on CPU
     jit_compile: bool = False  # XLA; off by default because it recompiles per shape
     intra_op_threads: int = 0  # 0 = CPU cores / local workers, so workers share cores
+    inter_op_threads: int = 0  # 0 = 1 when a worker has one core, else 2
 
     # Horovod allreduce knobs (see toolkit/distributed.py).
     fp16_allreduce: bool = False  # halves allreduce bytes at some precision cost
@@ -79,7 +80,7 @@ class TrainConfig:
         _require(self, "epochs", self.epochs >= 1, "an integer >= 1")
         _require(self, "batch_size_per_worker", self.batch_size_per_worker >= 1, "an integer >= 1")
         for key in ("max_steps_per_epoch", "max_train_examples", "max_validation_examples",
-                    "intra_op_threads"):
+                    "intra_op_threads", "inter_op_threads"):
             _require(self, key, getattr(self, key) >= 0, "an integer >= 0 (0 means no limit/auto)")
         _require(self, "base_learning_rate", self.base_learning_rate > 0, "a number > 0")
         _require(self, "warmup_epochs", self.warmup_epochs >= 0, "a number >= 0")

@@ -22,7 +22,7 @@ import tempfile
 # logs, not what the checkpoint holds. Any other difference means a different experiment.
 RESUMABLE_CHANGES = frozenset({
     "epochs", "log_every_steps", "export", "checkpoints_to_keep", "checkpoint_every_steps",
-    "intra_op_threads", "max_validation_examples", "on_nonfinite", "stall_check_seconds",
+    "intra_op_threads", "inter_op_threads", "max_validation_examples", "on_nonfinite", "stall_check_seconds",
     "stall_shutdown_seconds", "debug_nan_at_step", "debug_nan_rank", "elastic_commit_steps",
     "fusion_threshold_mb", "cycle_time_ms", "autotune", "timeline", "pin_cpus",
     "confusion_matrix", "profile_steps"})

@@ -111,7 +111,8 @@ def configure_runtime(config, world):
         mine = available[world.local_rank * share:(world.local_rank + 1) * share] or available
         os.sched_setaffinity(0, mine)
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    tf.config.threading.set_inter_op_parallelism_threads(1 if intra_op == 1 else 2)
+    tf.config.threading.set_inter_op_parallelism_threads(
+        config.inter_op_threads or (1 if intra_op == 1 else 2))
     gpu = distributed.pin_to_local_gpu(world)
     if config.mixed_precision:
         # float16 with loss scaling on GPUs; bfloat16 (no scaling needed) on CPUs.

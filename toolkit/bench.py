@@ -1,0 +1,346 @@
+"""``make bench``: throughput, scaling and peer comparisons, measured honestly.
+
+    python -m toolkit.bench --recipe=image --np="1 2" [--repeats=3] [--steps=40]
+                            [--warmup=10] [--hostfile=FILE] [--key=value ...]
+
+Every configuration below runs ``repeats`` times, interleaved (one of each, then again),
+because a shared machine drifts; the report gives medians and the spread (min..max):
+
+* ours, synthetic data (one real batch repeated) and, separately, the real input
+  pipeline, at each NP, one CPU thread per worker: weak scaling with one core per worker,
+  the CPU analogue of one GPU per worker;
+* ours at NP=1 with all cores, for reference;
+* plain single-process Keras ``model.fit`` with the same model, data, batch and optimizer
+  and one thread: the toolkit's overhead;
+* ``tf.distribute.MultiWorkerMirroredStrategy`` at each NP > 1, same everything: the
+  alternative users would pick;
+* the input pipeline alone, one worker's shard at the largest NP: could it feed the
+  model?
+
+Scaling efficiency at NP=n is samples/s at n divided by n x samples/s at NP=1. Results go
+to ``bench/<recipe>/<timestamp>/``: results.json, report.md, scaling.png, tensorboard/.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+
+import toolkit  # noqa: F401
+from toolkit import config as config_lib
+from toolkit import hostfile as hostfile_lib
+from toolkit import recipe as recipe_lib
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = {  # the issue's targets for the image recipe on a 2-core machine
+    "toolkit_vs_plain_keras_np1": 0.97,
+    "scaling_efficiency_np2": 0.85,
+    "toolkit_vs_multiworker_mirrored_np2": 1.0,
+    "pipeline_vs_model_rate": 3.0,
+}
+
+
+def environment():
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_USE_LEGACY_KERAS="1",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for item in sockets:
+        item.bind(("127.0.0.1", 0))
+    ports = [item.getsockname()[1] for item in sockets]
+    for item in sockets:
+        item.close()
+    return ports
+
+
+def worker_command(options, mode, data, threads, workers=1):
+    return [sys.executable, "-m", "toolkit.bench_worker", f"--mode={mode}",
+            f"--recipe={options.recipe}", f"--data={data}", f"--threads={threads}",
+            f"--workers={workers}", f"--warmup={options.warmup}", f"--steps={options.steps}",
+            *[f"{key}={value}" for key, value in options.overrides.items()]]
+
+
+def parse_result(output):
+    for line in output.splitlines():
+        if "RESULT " in line:
+            return json.loads(line.split("RESULT ", 1)[1])
+    return None
+
+
+def run_measurement(options, spec):
+    """Run one measurement; return its result dict (with 'error' if it failed)."""
+    mode, data, np_, threads = spec["mode"], spec["data"], spec["np"], spec["threads"]
+    timeout = 600
+    if mode == "ours":
+        hosts = (hostfile_lib.horovod_hosts(options.hosts) if options.hosts
+                 else f"localhost:{np_}")
+        command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np",
+                   str(np_), "-H", hosts, "--gloo",
+                   *worker_command(options, mode, data, threads)]
+        result = subprocess.run(command, capture_output=True, text=True, env=environment(),
+                                timeout=timeout, cwd=PROJECT_ROOT)
+        outputs = [result.stdout + result.stderr]
+    elif mode == "mwms":
+        ports = free_ports(np_)
+        processes = []
+        for index in range(np_):
+            env = environment()
+            env["TF_CONFIG"] = json.dumps({
+                "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                "task": {"type": "worker", "index": index}})
+            processes.append(subprocess.Popen(worker_command(options, mode, data, threads),
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                              text=True, env=env, cwd=PROJECT_ROOT))
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    else:
+        command = worker_command(options, mode, data, threads, workers=np_)
+        result = subprocess.run(command, capture_output=True, text=True, env=environment(),
+                                timeout=timeout, cwd=PROJECT_ROOT)
+        outputs = [result.stdout + result.stderr]
+    for output in outputs:
+        parsed = parse_result(output)
+        if parsed:
+            return parsed
+    return {"error": "\n".join(output[-1500:] for output in outputs)}
+
+
+def specs(options):
+    """The configurations to measure, in the order they are interleaved."""
+    cores = len(os.sched_getaffinity(0))
+    items = []
+    for data in ("synthetic", "real"):
+        for np_ in options.np:
+            items.append({"name": f"ours-{data}-np{np_}", "mode": "ours", "data": data,
+                          "np": np_, "threads": 1})
+    items.append({"name": "ours-synthetic-np1-allcores", "mode": "ours", "data": "synthetic",
+                  "np": 1, "threads": cores})
+    items.append({"name": "plain-keras-synthetic-np1", "mode": "plain", "data": "synthetic",
+                  "np": 1, "threads": 1})
+    for np_ in options.np:
+        if np_ > 1 and not options.hosts:
+            items.append({"name": f"mwms-synthetic-np{np_}", "mode": "mwms",
+                          "data": "synthetic", "np": np_, "threads": 1})
+    items.append({"name": f"pipeline-real-np{max(options.np)}", "mode": "pipeline",
+                  "data": "real", "np": max(options.np), "threads": 1})
+    return items
+
+
+def summarise(spec, results):
+    """Medians and spread of one configuration's repeats."""
+    good = [result for result in results if "error" not in result]
+    if not good:
+        return dict(spec, error=results[-1].get("error", "no result"))
+    global_batch = good[0]["batch_size_per_worker"] * (1 if spec["mode"] == "pipeline"
+                                                       else good[0]["workers"])
+    rates = [global_batch / statistics.mean(result["step_seconds"]) for result in good]
+    all_steps = np.concatenate([result["step_seconds"] for result in good])
+    workers = 1 if spec["mode"] == "pipeline" else good[0]["workers"]
+    return dict(spec, repeats=len(good), global_batch=global_batch,
+                samples_per_second=float(np.median(rates)),
+                samples_per_second_min=float(min(rates)),
+                samples_per_second_max=float(max(rates)),
+                samples_per_second_per_worker=float(np.median(rates)) / workers,
+                step_ms_mean=float(1000 * all_steps.mean()),
+                step_ms_p50=float(1000 * np.percentile(all_steps, 50)),
+                step_ms_p95=float(1000 * np.percentile(all_steps, 95)),
+                failures=len(results) - len(good))
+
+
+def analyse(rows, options):
+    by_name = {row["name"]: row for row in rows}
+
+    def rate(name):
+        row = by_name.get(name)
+        return row["samples_per_second"] if row and "samples_per_second" in row else None
+
+    for data in ("synthetic", "real"):
+        base = rate(f"ours-{data}-np1")
+        for np_ in options.np:
+            row = by_name.get(f"ours-{data}-np{np_}")
+            if row and base and "samples_per_second" in row:
+                row["scaling_efficiency"] = row["samples_per_second"] / (np_ * base)
+    ratios = {}
+    if rate("ours-synthetic-np1") and rate("plain-keras-synthetic-np1"):
+        ratios["toolkit_vs_plain_keras_np1"] = (rate("ours-synthetic-np1")
+                                                / rate("plain-keras-synthetic-np1"))
+    if 2 in options.np:
+        row = by_name.get("ours-synthetic-np2")
+        if row and "scaling_efficiency" in row:
+            ratios["scaling_efficiency_np2"] = row["scaling_efficiency"]
+        if rate("ours-synthetic-np2") and rate("mwms-synthetic-np2"):
+            ratios["toolkit_vs_multiworker_mirrored_np2"] = (rate("ours-synthetic-np2")
+                                                             / rate("mwms-synthetic-np2"))
+    largest = max(options.np)
+    pipeline = by_name.get(f"pipeline-real-np{largest}")
+    model = by_name.get(f"ours-real-np{largest}")
+    if pipeline and model and "samples_per_second" in pipeline and "samples_per_second" in model:
+        ratios["pipeline_vs_model_rate"] = (pipeline["samples_per_second"]
+                                            / model["samples_per_second_per_worker"])
+    return ratios
+
+
+def write_report(directory, options, rows, ratios, knobs):
+    lines = [f"# Benchmark: recipe `{options.recipe}`", "",
+             f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {len(os.sched_getaffinity(0))} CPU "
+             f"cores, {options.repeats} repeats per configuration (interleaved), "
+             f"{options.warmup} warm-up + {options.steps} timed steps each; medians, with the "
+             "spread of the repeats.", "",
+             "| configuration | workers | threads/worker | global batch | samples/s | spread | "
+             "samples/s/worker | scaling eff. | step ms mean | p50 | p95 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['name']} | {row['np']} | {row['threads']} | - | failed | | | "
+                         "| | | |")
+            continue
+        efficiency = row.get("scaling_efficiency")
+        lines.append(
+            f"| {row['name']} | {row['np']} | {row['threads']} | {row['global_batch']} | "
+            f"{row['samples_per_second']:.0f} | {row['samples_per_second_min']:.0f}.."
+            f"{row['samples_per_second_max']:.0f} | {row['samples_per_second_per_worker']:.0f} | "
+            f"{'' if efficiency is None else f'{efficiency:.2f}'} | {row['step_ms_mean']:.1f} | "
+            f"{row['step_ms_p50']:.1f} | {row['step_ms_p95']:.1f} |")
+    lines += ["", "## Ratios and targets", "", "| measure | value | target | result |",
+              "|---|---|---|---|"]
+    for name, value in ratios.items():
+        target = TARGETS.get(name)
+        if target is None:
+            verdict = ""
+        elif value >= target:
+            verdict = "met"
+        else:
+            verdict = f"missed by {target - value:.2f} ({100 * (target - value) / target:.0f} %)"
+        lines.append(f"| {name} | {value:.2f} | {'' if target is None else f'>= {target}'} | "
+                     f"{verdict} |")
+    lines += ["", "Targets are the issue's, set for the image recipe on a 2-core machine.", "",
+              "## Horovod settings", ""] + [f"- {key}: {value}" for key, value in knobs.items()]
+    with open(os.path.join(directory, "report.md"), "w") as stream:
+        stream.write("\n".join(lines) + "\n")
+
+
+def plot(directory, options, rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for prefix, label in (("ours-synthetic", "toolkit, synthetic"),
+                          ("ours-real", "toolkit, real data"),
+                          ("mwms-synthetic", "MultiWorkerMirrored")):
+        points = sorted((row["np"], row) for row in rows
+                        if row["name"].startswith(prefix) and "samples_per_second" in row
+                        and row["threads"] == 1)
+        if not points:
+            continue
+        workers = [np_ for np_, _ in points]
+        left.errorbar(workers, [row["samples_per_second"] for _, row in points],
+                      yerr=[[row["samples_per_second"] - row["samples_per_second_min"]
+                             for _, row in points],
+                            [row["samples_per_second_max"] - row["samples_per_second"]
+                             for _, row in points]], marker="o", capsize=3, label=label)
+        if prefix.startswith("ours"):
+            right.plot(workers, [row.get("scaling_efficiency", np.nan) for _, row in points],
+                       marker="o", label=label)
+    left.set(xlabel="workers", ylabel="samples/s", title="throughput (median, min..max)")
+    right.set(xlabel="workers", ylabel="efficiency", title="weak scaling efficiency",
+              ylim=(0, 1.1))
+    right.axhline(0.85, color="grey", linestyle="--", linewidth=1)
+    for axes in (left, right):
+        axes.set_xticks(sorted(options.np))
+        axes.legend()
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(os.path.join(directory, "scaling.png"))
+    pyplot.close(figure)
+
+
+def write_tensorboard(directory, rows, ratios):
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(os.path.join(directory, "tensorboard"))
+    with writer.as_default():
+        for row in rows:
+            if "samples_per_second" in row:
+                tf.summary.scalar(f"bench/{row['name'].rsplit('-np', 1)[0]}/samples_per_second",
+                                  row["samples_per_second"], step=row["np"])
+        for name, value in ratios.items():
+            tf.summary.scalar(f"bench/ratio/{name}", value, step=0)
+    writer.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m toolkit.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--np", default="1 2", help="worker counts, e.g. '1 2 4'")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--hostfile", default="")
+    parser.add_argument("--output_root", default=os.path.join(PROJECT_ROOT, "bench"))
+    options, rest = parser.parse_known_args(argv)
+    try:
+        options.np = sorted({int(part) for part in options.np.replace(",", " ").split()})
+        if not options.np or min(options.np) < 1 or 1 not in options.np:
+            raise ValueError("NP must list worker counts >= 1 and include 1 (the baseline), "
+                             f"got {options.np}")
+        if options.repeats < 1 or options.steps < 1 or options.warmup < 1:
+            raise ValueError("repeats, steps and warmup must be >= 1")
+        recipe = recipe_lib.get(options.recipe)
+        options.overrides = config_lib.split_overrides(rest)
+        config = config_lib.build(recipe.config_class, options.overrides)
+        options.hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
+        if options.hosts:
+            hostfile_lib.check_np(options.hostfile, options.hosts, max(options.np))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    directory = os.path.join(options.output_root, recipe.name,
+                             datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(directory, exist_ok=True)
+    items = specs(options)
+    results = {item["name"]: [] for item in items}
+    for repeat in range(options.repeats):
+        for item in items:
+            result = run_measurement(options, item)
+            results[item["name"]].append(result)
+            status = ("failed" if "error" in result else
+                      f"{result['batch_size_per_worker'] * (1 if item['mode'] == 'pipeline' else result['workers']) / statistics.mean(result['step_seconds']):.0f} samples/s")
+            print(f"[bench] repeat {repeat + 1}/{options.repeats} {item['name']}: {status}",
+                  flush=True)
+    rows = [summarise(item, results[item["name"]]) for item in items]
+    ratios = analyse(rows, options)
+    knobs = {key: getattr(config, key) for key in (
+        "batch_size_per_worker", "fusion_threshold_mb", "cycle_time_ms", "fp16_allreduce",
+        "backward_passes_per_step", "adasum", "autotune", "mixed_precision", "jit_compile")}
+    with open(os.path.join(directory, "results.json"), "w") as stream:
+        json.dump({"recipe": recipe.name, "np": options.np, "repeats": options.repeats,
+                   "steps": options.steps, "warmup": options.warmup, "rows": rows,
+                   "ratios": ratios, "targets": TARGETS, "config": knobs,
+                   "raw": results}, stream, indent=2)
+    write_report(directory, options, rows, ratios, knobs)
+    plot(directory, options, rows)
+    write_tensorboard(directory, rows, ratios)
+    with open(os.path.join(directory, "report.md")) as stream:
+        print(stream.read())
+    print(f"[bench] results in {directory}")
+    failed = [row["name"] for row in rows if "error" in row]
+    if failed:
+        print(f"[bench] failed: {', '.join(failed)}; see results.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

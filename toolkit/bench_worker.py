@@ -1,0 +1,155 @@
+"""One measurement of ``make bench`` (see toolkit/bench.py), run in its own process(es).
+
+    --mode=ours      the toolkit's training path, under horovodrun (any NP)
+    --mode=plain     the same model, data and optimizer in plain single-process Keras
+    --mode=mwms      tf.distribute.MultiWorkerMirroredStrategy, one process per worker,
+                     started with TF_CONFIG set by the orchestrator
+    --mode=pipeline  the input pipeline alone, no model
+
+``--data=synthetic`` repeats one real batch (no input cost); ``--data=real`` uses the
+recipe's pipeline. Every mode runs ``warmup`` steps, then times ``steps`` steps one by one,
+and the chief prints one ``RESULT {json}`` line with the step times in seconds.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import toolkit  # noqa: F401
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from toolkit import config as config_lib  # noqa: E402
+from toolkit import data as data_lib  # noqa: E402
+from toolkit import recipe as recipe_lib  # noqa: E402
+from toolkit import schedules  # noqa: E402
+
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self, warmup):
+        super().__init__()
+        self.warmup = warmup
+        self.times = []
+        self._started = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= self.warmup:
+            self.times.append(time.perf_counter() - self._started)
+
+
+def set_threads(threads):
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
+
+
+def training_data(data, kind):
+    if kind == "synthetic":
+        batch = next(iter(data.train.take(1)))
+        return tf.data.Dataset.from_tensors(batch).repeat()
+    return data.train.repeat()
+
+
+def report(mode, options, times, world_size, batch_size_per_worker):
+    print("RESULT " + json.dumps({
+        "mode": mode, "data": options.data, "workers": world_size, "threads": options.threads,
+        "batch_size_per_worker": batch_size_per_worker, "step_seconds": times}), flush=True)
+
+
+def run_ours(options, recipe, config):
+    from toolkit import distributed
+    from toolkit import train
+
+    config = config_lib.build(recipe.config_class, dict(
+        options.overrides, intra_op_threads=str(options.threads), export="false"))
+    world = distributed.init()
+    train.configure_runtime(config, world)
+    config = train.for_world(config, world)
+    data = recipe.build_data(config, world.shard())
+    steps_per_epoch = max(1, data.train_examples // config.batch_size_per_worker)
+    model, optimizer, _ = train.build_training(recipe, config, world, data, steps_per_epoch)
+    distributed.broadcast_variables(model.variables + list(optimizer.variables))
+    timer = StepTimer(options.warmup)
+    model.fit(training_data(data, options.data), steps_per_epoch=options.warmup + options.steps,
+              epochs=1, verbose=0, callbacks=distributed.first_callbacks() + [timer])
+    if world.is_chief:
+        report("ours", options, timer.times, world.size, config.batch_size_per_worker)
+
+
+def build_plain(recipe, config, data):
+    model = recipe.build_model(config, data)
+    learning_rate = schedules.build(config, 1, 1000)
+    model.compile(optimizer=schedules.build_optimizer(config, learning_rate),
+                  loss=recipe.build_loss(config), metrics=recipe.build_metrics(config))
+    return model
+
+
+def run_plain(options, recipe, config):
+    set_threads(options.threads)
+    keras.utils.set_random_seed(config.seed)
+    data = recipe.build_data(config, data_lib.Shard())
+    model = build_plain(recipe, config, data)
+    timer = StepTimer(options.warmup)
+    model.fit(training_data(data, options.data), steps_per_epoch=options.warmup + options.steps,
+              epochs=1, verbose=0, callbacks=[timer])
+    report("plain", options, timer.times, 1, config.batch_size_per_worker)
+
+
+def run_mwms(options, recipe, config):
+    set_threads(options.threads)
+    keras.utils.set_random_seed(config.seed)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    workers = strategy.num_replicas_in_sync
+    data = recipe.build_data(config, data_lib.Shard(task["index"], workers))
+    per_worker = training_data(data, options.data)
+    distributed_data = strategy.distribute_datasets_from_function(lambda context: per_worker)
+    with strategy.scope():
+        model = build_plain(recipe, config, data)
+    timer = StepTimer(options.warmup)
+    model.fit(distributed_data, steps_per_epoch=options.warmup + options.steps, epochs=1,
+              verbose=0, callbacks=[timer])
+    if task["index"] == 0:
+        report("mwms", options, timer.times, workers, config.batch_size_per_worker)
+
+
+def run_pipeline(options, recipe, config):
+    set_threads(options.threads)
+    data = recipe.build_data(config, data_lib.Shard(0, options.workers))
+    iterator = iter(data.train.repeat())
+    for _ in range(options.warmup):
+        next(iterator)
+    times = []
+    for _ in range(options.steps):
+        started = time.perf_counter()
+        next(iterator)
+        times.append(time.perf_counter() - started)
+    report("pipeline", options, times, options.workers, config.batch_size_per_worker)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["ours", "plain", "mwms", "pipeline"], required=True)
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--data", choices=["synthetic", "real"], default="synthetic")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="pipeline: shard count")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=40)
+    options, rest = parser.parse_known_args()
+    options.overrides = config_lib.split_overrides(
+        ["--" + item if not item.startswith("-") else item for item in rest])
+    recipe = recipe_lib.get(options.recipe)
+    config = config_lib.build(recipe.config_class, options.overrides)
+    {"ours": run_ours, "plain": run_plain, "mwms": run_mwms,
+     "pipeline": run_pipeline}[options.mode](options, recipe, config)
+
+
+if __name__ == "__main__":
+    main()
