@@ -223,9 +223,8 @@ config: setup
 	@$(VENV_PYTHON) -m toolkit.train --recipe=$(RECIPE) --help
 
 tensorboard: setup
-	@mkdir -p $(RUNS_DIR)
-	@echo "TensorBoard for $(RUNS_DIR): http://$(TB_HOST):$(TB_PORT)/"
-	$(VENV)/bin/tensorboard --logdir $(RUNS_DIR) --host $(TB_HOST) --port $(TB_PORT)
+	$(VENV_PYTHON) -m toolkit.board --runs_dir=$(RUNS_DIR) --host=$(TB_HOST) --port=$(TB_PORT) \
+	  $(filter --start_timeout=% --hostfile=% --ssh_%,$(LAUNCH_OPTIONS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

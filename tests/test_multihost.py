@@ -1,6 +1,7 @@
 """Two hosts on one machine (network namespaces with their own sshd), through make."""
 
 import os
+import signal
 import subprocess
 import time
 
@@ -103,3 +104,44 @@ def test_doctor_reports_healthy_and_broken_hosts(cluster, tmp_path):
     assert " ok " in rows["10.77.0.11"] and "FAILED" in rows["10.77.0.12"]
     assert "10.77.0.12: ssh failed" in broken.stdout
     assert "allreduce: skipped" in broken.stdout
+
+
+@pytest.mark.timeout(200)
+def test_tensorboard_runs_on_rank_zeros_host_and_is_forwarded_here(cluster, tmp_path):
+    import socket
+    import urllib.request
+
+    hostfile = cluster.hostfile(tmp_path / "hosts")
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "some-run").mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    variables = cluster_variables(cluster, hostfile, RUNS_DIR=str(runs_dir), TB_PORT=port)
+    command = ["make", "--no-print-directory", "tensorboard"] + [
+        f"{key}={value}" for key, value in variables.items()]
+    server = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs",
+                                            timeout=5) as response:
+                    response.read()
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.time() < deadline, "no TensorBoard behind the forwarded port"
+                time.sleep(1)
+        # It runs inside the namespace of the first host (rank 0's), not here.
+        assert cluster.processes_in(0, "tensorboard")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    # The remote TensorBoard ends with the ssh session (it runs on a terminal that hangs up).
+    deadline = time.time() + 20
+    while cluster.processes_in(0, "tensorboard") and time.time() < deadline:
+        time.sleep(0.5)
+    assert not cluster.processes_in(0, "tensorboard")

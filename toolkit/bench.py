@@ -63,9 +63,10 @@ def free_ports(count):
     return ports
 
 
-def worker_command(options, mode, data, threads, workers=1):
+def worker_command(options, mode, data, threads, workers=1, pin=True):
     return [sys.executable, "-m", "toolkit.bench_worker", f"--mode={mode}",
             f"--recipe={options.recipe}", f"--data={data}", f"--threads={threads}",
+            f"--pin={int(pin)}",
             f"--workers={workers}", f"--warmup={options.warmup}", f"--steps={options.steps}",
             *[f"{key}={value}" for key, value in options.overrides.items()]]
 
@@ -86,7 +87,7 @@ def run_measurement(options, spec):
                  else f"localhost:{np_}")
         command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np",
                    str(np_), "-H", hosts, "--gloo",
-                   *worker_command(options, mode, data, threads)]
+                   *worker_command(options, mode, data, threads, pin=spec["pin"])]
         result = subprocess.run(command, capture_output=True, text=True, env=environment(),
                                 timeout=timeout, cwd=PROJECT_ROOT)
         outputs = [result.stdout + result.stderr]
@@ -98,12 +99,13 @@ def run_measurement(options, spec):
             env["TF_CONFIG"] = json.dumps({
                 "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                 "task": {"type": "worker", "index": index}})
-            processes.append(subprocess.Popen(worker_command(options, mode, data, threads),
+            processes.append(subprocess.Popen(worker_command(options, mode, data, threads,
+                                                             pin=spec["pin"]),
                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                               text=True, env=env, cwd=PROJECT_ROOT))
         outputs = [process.communicate(timeout=timeout)[0] for process in processes]
     else:
-        command = worker_command(options, mode, data, threads, workers=np_)
+        command = worker_command(options, mode, data, threads, workers=np_, pin=spec["pin"])
         result = subprocess.run(command, capture_output=True, text=True, env=environment(),
                                 timeout=timeout, cwd=PROJECT_ROOT)
         outputs = [result.stdout + result.stderr]
@@ -117,21 +119,25 @@ def run_measurement(options, spec):
 def specs(options):
     """The configurations to measure, in the order they are interleaved."""
     cores = len(os.sched_getaffinity(0))
+    # One core per worker means one core: each process is pinned to its own core (all its
+    # threads), except the all-cores reference. Without pinning, an NP=1 run would borrow
+    # the idle second core for Python and input work and flatter the baseline.
+    pin = max(options.np) <= cores
     items = []
     for data in ("synthetic", "real"):
         for np_ in options.np:
             items.append({"name": f"ours-{data}-np{np_}", "mode": "ours", "data": data,
-                          "np": np_, "threads": 1})
+                          "np": np_, "threads": 1, "pin": pin})
     items.append({"name": "ours-synthetic-np1-allcores", "mode": "ours", "data": "synthetic",
-                  "np": 1, "threads": cores})
+                  "np": 1, "threads": cores, "pin": False})
     items.append({"name": "plain-keras-synthetic-np1", "mode": "plain", "data": "synthetic",
-                  "np": 1, "threads": 1})
+                  "np": 1, "threads": 1, "pin": pin})
     for np_ in options.np:
         if np_ > 1 and not options.hosts:
             items.append({"name": f"mwms-synthetic-np{np_}", "mode": "mwms",
-                          "data": "synthetic", "np": np_, "threads": 1})
+                          "data": "synthetic", "np": np_, "threads": 1, "pin": pin})
     items.append({"name": f"pipeline-real-np{max(options.np)}", "mode": "pipeline",
-                  "data": "real", "np": max(options.np), "threads": 1})
+                  "data": "real", "np": max(options.np), "threads": 1, "pin": pin})
     return items
 
 
@@ -195,17 +201,18 @@ def write_report(directory, options, rows, ratios, knobs):
              f"cores, {options.repeats} repeats per configuration (interleaved), "
              f"{options.warmup} warm-up + {options.steps} timed steps each; medians, with the "
              "spread of the repeats.", "",
-             "| configuration | workers | threads/worker | global batch | samples/s | spread | "
-             "samples/s/worker | scaling eff. | step ms mean | p50 | p95 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| configuration | workers | threads/worker | pinned | global batch | samples/s | "
+             "spread | samples/s/worker | scaling eff. | step ms mean | p50 | p95 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['name']} | {row['np']} | {row['threads']} | - | failed | | | "
-                         "| | | |")
+            lines.append(f"| {row['name']} | {row['np']} | {row['threads']} | {row['pin']} | - "
+                         "| failed | | | | | | |")
             continue
         efficiency = row.get("scaling_efficiency")
         lines.append(
-            f"| {row['name']} | {row['np']} | {row['threads']} | {row['global_batch']} | "
+            f"| {row['name']} | {row['np']} | {row['threads']} | "
+            f"{'yes' if row['pin'] else 'no'} | {row['global_batch']} | "
             f"{row['samples_per_second']:.0f} | {row['samples_per_second_min']:.0f}.."
             f"{row['samples_per_second_max']:.0f} | {row['samples_per_second_per_worker']:.0f} | "
             f"{'' if efficiency is None else f'{efficiency:.2f}'} | {row['step_ms_mean']:.1f} | "

@@ -44,7 +44,11 @@ class StepTimer(keras.callbacks.Callback):
             self.times.append(time.perf_counter() - self._started)
 
 
-def set_threads(threads):
+def set_threads(threads, pin_index=None):
+    if pin_index is not None:
+        from toolkit import train
+
+        train.pin_to_cores(pin_index, threads)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
 
@@ -59,6 +63,7 @@ def training_data(data, kind):
 def report(mode, options, times, world_size, batch_size_per_worker):
     print("RESULT " + json.dumps({
         "mode": mode, "data": options.data, "workers": world_size, "threads": options.threads,
+        "pinned": bool(options.pin),
         "batch_size_per_worker": batch_size_per_worker, "step_seconds": times}), flush=True)
 
 
@@ -67,7 +72,8 @@ def run_ours(options, recipe, config):
     from toolkit import train
 
     config = config_lib.build(recipe.config_class, dict(
-        options.overrides, intra_op_threads=str(options.threads), export="false"))
+        options.overrides, intra_op_threads=str(options.threads), export="false",
+        pin_cpus=str(options.pin).lower()))
     world = distributed.init()
     train.configure_runtime(config, world)
     config = train.for_world(config, world)
@@ -91,7 +97,7 @@ def build_plain(recipe, config, data):
 
 
 def run_plain(options, recipe, config):
-    set_threads(options.threads)
+    set_threads(options.threads, 0 if options.pin else None)
     keras.utils.set_random_seed(config.seed)
     data = recipe.build_data(config, data_lib.Shard())
     model = build_plain(recipe, config, data)
@@ -102,10 +108,10 @@ def run_plain(options, recipe, config):
 
 
 def run_mwms(options, recipe, config):
-    set_threads(options.threads)
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    set_threads(options.threads, task["index"] if options.pin else None)
     keras.utils.set_random_seed(config.seed)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    task = json.loads(os.environ["TF_CONFIG"])["task"]
     workers = strategy.num_replicas_in_sync
     data = recipe.build_data(config, data_lib.Shard(task["index"], workers))
     per_worker = training_data(data, options.data)
@@ -120,7 +126,7 @@ def run_mwms(options, recipe, config):
 
 
 def run_pipeline(options, recipe, config):
-    set_threads(options.threads)
+    set_threads(options.threads, 0 if options.pin else None)
     data = recipe.build_data(config, data_lib.Shard(0, options.workers))
     iterator = iter(data.train.repeat())
     for _ in range(options.warmup):
@@ -142,6 +148,7 @@ def main():
     parser.add_argument("--workers", type=int, default=1, help="pipeline: shard count")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--pin", type=int, default=0, help="1: pin to `threads` cores each")
     options, rest = parser.parse_known_args()
     options.overrides = config_lib.split_overrides(
         ["--" + item if not item.startswith("-") else item for item in rest])

@@ -52,11 +52,15 @@ class TrainConfig:
     fp16_allreduce: bool = False  # halves allreduce bytes at some precision cost
     backward_passes_per_step: int = 1  # >1 accumulates gradients locally first
     adasum: bool = False  # Adasum reduction instead of averaging
+    # 1 = all gradients in one grouped allreduce, negotiated once per step: +15 % samples/s
+    # on 2 CPU workers (make bench). 0 = one request per gradient, fused by Horovod, which
+    # can overlap communication with the backward pass of large models on GPUs.
+    allreduce_groups: int = 1
     fusion_threshold_mb: float = 0.0  # tensor fusion buffer; 0 = Horovod's default (128 MB)
     cycle_time_ms: float = 0.0  # wait between fusion cycles; 0 = Horovod's default
     autotune: bool = False  # let Horovod tune fusion and cycle time (log: autotune.csv)
     timeline: bool = False  # Horovod timeline, a chrome://tracing file: timeline.json
-    pin_cpus: bool = False  # CPU: pin each worker to its own share of the cores
+    pin_cpus: bool = False  # CPU: pin each worker to its own intra_op_threads cores
 
     # Outputs.
     log_every_steps: int = 50  # progress line and TensorBoard step scalars
@@ -95,6 +99,7 @@ class TrainConfig:
                     "global_batch_size",
                     "debug_nan_at_step", "debug_nan_rank"):
             _require(self, key, getattr(self, key) >= 0, "an integer >= 0")
+        _require(self, "allreduce_groups", self.allreduce_groups >= 0, "an integer >= 0")
         for key in ("fusion_threshold_mb", "cycle_time_ms"):
             _require(self, key, getattr(self, key) >= 0, "a number >= 0 (0 = Horovod's default)")
         if self.profile_steps:

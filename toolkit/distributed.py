@@ -93,6 +93,9 @@ def wrap_optimizer(optimizer, config):
         op=reduce_op,
         backward_passes_per_step=config.backward_passes_per_step,
         average_aggregated_gradients=True,
+        # Horovod: with groups, the gradients go out as that many grouped allreduces, each
+        # negotiated once, instead of one request per tensor for the fusion buffer.
+        groups=config.allreduce_groups or None,
     )
 
 

@@ -97,6 +97,13 @@ def configure_horovod(config, paths):
     os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(config.stall_shutdown_seconds)
 
 
+def pin_to_cores(index, count):
+    """Restrict this process to the ``index``-th block of ``count`` usable cores."""
+    available = sorted(os.sched_getaffinity(0))
+    block = available[index * count:(index + 1) * count]
+    os.sched_setaffinity(0, block or available)
+
+
 def configure_runtime(config, world):
     """Thread pools, device, precision and seeds; must run before TensorFlow does any work."""
     # On CPU, workers on one host share its cores: each gets cores / workers intra-op
@@ -104,12 +111,9 @@ def configure_runtime(config, world):
     cores = len(os.sched_getaffinity(0))
     intra_op = config.intra_op_threads or max(1, cores // world.local_size)
     if config.pin_cpus and not tf.config.list_physical_devices("GPU"):
-        # Each worker on this host gets its own block of cores (the OS may still move
-        # the tf.data threads; this only keeps workers from trading cores).
-        available = sorted(os.sched_getaffinity(0))
-        share = max(1, len(available) // world.local_size)
-        mine = available[world.local_rank * share:(world.local_rank + 1) * share] or available
-        os.sched_setaffinity(0, mine)
+        # Each worker on this host gets its own block of intra_op cores, and all its
+        # threads (Python, tf.data, Horovod's) stay there: exactly that many cores each.
+        pin_to_cores(world.local_rank, intra_op)
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     tf.config.threading.set_inter_op_parallelism_threads(
         config.inter_op_threads or (1 if intra_op == 1 else 2))

@@ -1,0 +1,68 @@
+"""``make tensorboard``: serve the runs folder, where rank 0 wrote it.
+
+Without a hostfile, or when its first host (rank 0's) is this machine, TensorBoard runs
+here. Otherwise it runs on that host over ssh (same ssh settings as a launch), bound to
+its loopback, and ssh forwards the port here, so the URL printed is local either way.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+import toolkit  # noqa: F401
+from toolkit import hostfile as hostfile_lib
+from toolkit import remote
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m toolkit.board", description=__doc__)
+    parser.add_argument("--runs_dir", default=os.path.join(PROJECT_ROOT, "runs"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=6006)
+    parser.add_argument("--hostfile", default="")
+    parser.add_argument("--start_timeout", type=int, default=30)
+    parser.add_argument("--ssh_user", default="")
+    parser.add_argument("--ssh_port", type=int, default=0)
+    parser.add_argument("--ssh_identity", default="")
+    parser.add_argument("--ssh_known_hosts", default="")
+    options = parser.parse_args(argv)
+    runs_dir = os.path.abspath(options.runs_dir)
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    try:
+        hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    url = f"http://{options.host}:{options.port}/"
+    if not hosts or remote.is_local(hosts[0].name):
+        os.makedirs(runs_dir, exist_ok=True)
+        print(f"TensorBoard for {runs_dir}: {url}", flush=True)
+        return subprocess.call([tensorboard, "--logdir", runs_dir, "--host", options.host,
+                                "--port", str(options.port)])
+    chief = hosts[0]
+    settings = remote.SshSettings(user=options.ssh_user, port=options.ssh_port,
+                                  identity_file=options.ssh_identity,
+                                  known_hosts_file=options.ssh_known_hosts,
+                                  connect_timeout=options.start_timeout)
+    ssh_dir = remote.make_ssh_directory()
+    try:
+        wrapper_dir = remote.write_ssh_config(settings, hosts, ssh_dir)
+        remote_command = [tensorboard, "--logdir", runs_dir, "--host", "127.0.0.1",
+                          "--port", str(options.port)]
+        # -tt: on a terminal, the remote TensorBoard gets a hang-up and ends with the session.
+        command = [os.path.join(wrapper_dir, "ssh"), "-tt", "-L",
+                   f"{options.host}:{options.port}:127.0.0.1:{options.port}",
+                   *remote.ssh_command(wrapper_dir, chief.name, remote_command)[1:]]
+        print(f"TensorBoard for {runs_dir} on {chief.name} (rank 0's host), forwarded to "
+              f"{url}", flush=True)
+        return subprocess.call(command)
+    finally:
+        shutil.rmtree(ssh_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
