@@ -136,12 +136,12 @@ def test_tensorboard_runs_on_rank_zeros_host_and_is_forwarded_here(cluster, tmp_
                 assert time.time() < deadline, "no TensorBoard behind the forwarded port"
                 time.sleep(1)
         # It runs inside the namespace of the first host (rank 0's), not here.
-        assert cluster.processes_in(0, "tensorboard")
+        assert cluster.processes_in(0, "bin/tensorboard")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    # The remote TensorBoard ends with the ssh session (it runs on a terminal that hangs up).
+    # The remote TensorBoard ends with the ssh session.
     deadline = time.time() + 20
-    while cluster.processes_in(0, "tensorboard") and time.time() < deadline:
+    while cluster.processes_in(0, "bin/tensorboard") and time.time() < deadline:
         time.sleep(0.5)
-    assert not cluster.processes_in(0, "tensorboard")
+    assert not cluster.processes_in(0, "bin/tensorboard")

@@ -7,7 +7,9 @@ its loopback, and ssh forwards the port here, so the URL printed is local either
 
 import argparse
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -51,15 +53,24 @@ def main(argv=None):
     ssh_dir = remote.make_ssh_directory()
     try:
         wrapper_dir = remote.write_ssh_config(settings, hosts, ssh_dir)
-        remote_command = [tensorboard, "--logdir", runs_dir, "--host", "127.0.0.1",
-                          "--port", str(options.port)]
-        # -tt: on a terminal, the remote TensorBoard gets a hang-up and ends with the session.
-        command = [os.path.join(wrapper_dir, "ssh"), "-tt", "-L",
+        serve = " ".join(shlex.quote(part) for part in [
+            tensorboard, "--logdir", runs_dir, "--host", "127.0.0.1", "--port",
+            str(options.port)])
+        # TensorBoard ends with the ssh session: the shell watches its parent (sshd's
+        # session process), which exits when the connection closes.
+        remote_command = ["sh", "-c", f"{serve} & server=$!; session=$PPID; "
+                          "while kill -0 $session 2>/dev/null && kill -0 $server 2>/dev/null; "
+                          "do sleep 1; done; kill $server 2>/dev/null"]
+        command = [os.path.join(wrapper_dir, "ssh"), "-L",
                    f"{options.host}:{options.port}:127.0.0.1:{options.port}",
                    *remote.ssh_command(wrapper_dir, chief.name, remote_command)[1:]]
         print(f"TensorBoard for {runs_dir} on {chief.name} (rank 0's host), forwarded to "
               f"{url}", flush=True)
-        return subprocess.call(command)
+        process = subprocess.Popen(command)
+        # Closing the ssh session is what stops the remote TensorBoard: pass signals on.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: process.terminate())
+        return process.wait()
     finally:
         shutil.rmtree(ssh_dir, ignore_errors=True)
 
