@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from recipes import common
 from recipes import text_data
 from recipes import wordnet_topics
 from toolkit import config as config_lib
@@ -342,14 +343,6 @@ def build_model(config, data):
     return keras.Model(inputs, logits, name="bert_classifier")
 
 
-def build_loss(config):
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def build_metrics(config):
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-
-
 # ----------------------------------------------------------------------------- export
 
 
@@ -419,8 +412,8 @@ RECIPE = recipe_lib.Recipe(
     config_class=BertConfig,
     build_data=build_data,
     build_model=build_model,
-    build_loss=build_loss,
-    build_metrics=build_metrics,
+    build_loss=common.build_loss,
+    build_metrics=common.build_metrics,
     build_serving=build_serving,
     check_data=check_data,
     tiny_overrides={"pretrained": "false", "num_hidden_layers": "2", "hidden_size": "32",

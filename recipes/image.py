@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from recipes import common
 from toolkit import config as config_lib
 from toolkit import data as data_lib
 from toolkit import recipe as recipe_lib
@@ -412,14 +413,6 @@ def build_model(config, data):
     return keras.Model(inputs, logits, name="resnet")
 
 
-def build_loss(config):
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def build_metrics(config):
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -479,8 +472,8 @@ RECIPE = recipe_lib.Recipe(
     config_class=ImageConfig,
     build_data=build_data,
     build_model=build_model,
-    build_loss=build_loss,
-    build_metrics=build_metrics,
+    build_loss=common.build_loss,
+    build_metrics=common.build_metrics,
     build_serving=build_serving,
     check_data=check_data,
     tiny_overrides={"width": "8", "stages": "2", "batch_size_per_worker": "32",

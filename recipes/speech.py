@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from recipes import common
 from recipes import speech_synth
 from toolkit import config as config_lib
 from toolkit import data as data_lib
@@ -461,14 +462,6 @@ def build_model(config, data):
     return keras.Model(inputs, logits, name=f"kws_{config.model}")
 
 
-def build_loss(config):
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def build_metrics(config):
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-
-
 # ---------------------------------------------------------------- reports and export
 
 
@@ -529,8 +522,8 @@ RECIPE = recipe_lib.Recipe(
     config_class=SpeechConfig,
     build_data=build_data,
     build_model=build_model,
-    build_loss=build_loss,
-    build_metrics=build_metrics,
+    build_loss=common.build_loss,
+    build_metrics=common.build_metrics,
     build_serving=build_serving,
     build_reports=test_report,
     check_data=check_data,

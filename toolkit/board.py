@@ -26,16 +26,13 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=6006)
     parser.add_argument("--hostfile", default="")
-    parser.add_argument("--start_timeout", type=int, default=30)
-    parser.add_argument("--ssh_user", default="")
-    parser.add_argument("--ssh_port", type=int, default=0)
-    parser.add_argument("--ssh_identity", default="")
-    parser.add_argument("--ssh_known_hosts", default="")
+    remote.add_arguments(parser)
     options = parser.parse_args(argv)
     runs_dir = os.path.abspath(options.runs_dir)
     tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     try:
         hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
+        settings = remote.settings_from(options)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -46,10 +43,6 @@ def main(argv=None):
         return subprocess.call([tensorboard, "--logdir", runs_dir, "--host", options.host,
                                 "--port", str(options.port)])
     chief = hosts[0]
-    settings = remote.SshSettings(user=options.ssh_user, port=options.ssh_port,
-                                  identity_file=options.ssh_identity,
-                                  known_hosts_file=options.ssh_known_hosts,
-                                  connect_timeout=options.start_timeout)
     ssh_dir = remote.make_ssh_directory()
     try:
         wrapper_dir = remote.write_ssh_config(settings, hosts, ssh_dir)

@@ -12,6 +12,7 @@ most ``size - 1`` examples are left out per pass.
 """
 
 import dataclasses
+import functools
 import os
 import socket
 
@@ -25,6 +26,7 @@ from toolkit import keras_compat
 hvd = keras_compat.import_horovod_keras()
 # Horovod: the TensorFlow API, for the object and variable collectives the Keras API lacks.
 import horovod.tensorflow as hvd_tf  # noqa: E402
+from horovod.common.exceptions import HorovodInternalError  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,9 +224,26 @@ def elastic_state(model, optimizer, **values):
 
 def elastic_run(function):
     """Decorate ``function(state)`` so that it is run again after every reset (a worker
-    lost or added), on the new world, from the last committed state."""
+    lost or added), on the new world, from the last committed state.
+
+    Horovod's TensorFlow wrapper turns a failed collective into a reset only when the
+    error names ``HorovodAllreduce``, ``HorovodAllgather`` or ``HorovodBroadcast``; any
+    other ``UnknownError`` (a failed ``HorovodGroupedAllreduce``, which the
+    ``DistributedOptimizer`` uses with ``allreduce_groups``, among them) is swallowed and
+    the function returns None as if training had finished. So every failed Horovod op is
+    translated here, and any other such error is re-raised as an error Horovod lets pass.
+    """
+    @functools.wraps(function)
+    def translated(state):
+        try:
+            return function(state)
+        except tf.errors.UnknownError as error:
+            if "Horovod" in error.message:
+                raise HorovodInternalError(error.message) from error
+            raise RuntimeError(error.message) from error
+
     # Horovod: the elastic retry loop (re-initialises Horovod and syncs the state).
-    return hvd.elastic.run(function)
+    return hvd.elastic.run(translated)
 
 
 def commit_callback(state, every_steps):

@@ -198,11 +198,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m toolkit.doctor", description=__doc__)
     parser.add_argument("--hostfile", default="")
     parser.add_argument("--runs_root", default=os.path.join(PROJECT_ROOT, "runs"))
-    parser.add_argument("--start_timeout", type=int, default=30)
-    parser.add_argument("--ssh_user", default="")
-    parser.add_argument("--ssh_port", type=int, default=0)
-    parser.add_argument("--ssh_identity", default="")
-    parser.add_argument("--ssh_known_hosts", default="")
+    remote.add_arguments(parser)
     parser.add_argument("--network_interface", default="")
     parser.add_argument("--allreduce_megabytes", type=float, default=16.0)
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
@@ -220,13 +216,10 @@ def main(argv=None):
     try:
         hosts = (hostfile_lib.parse(options.hostfile) if options.hostfile
                  else [hostfile_lib.Host("localhost", 2, 0)])
+        settings = remote.settings_from(options)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings = remote.SshSettings(user=options.ssh_user, port=options.ssh_port,
-                                  identity_file=options.ssh_identity,
-                                  known_hosts_file=options.ssh_known_hosts,
-                                  connect_timeout=options.start_timeout)
     ssh_dir = remote.make_ssh_directory()
     try:
         wrapper_dir = remote.write_ssh_config(settings, hosts, ssh_dir)

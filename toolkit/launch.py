@@ -63,12 +63,8 @@ def parse_arguments(argv):
     parser.add_argument("--hostfile", default="")
     parser.add_argument("--run_dir", default="")
     parser.add_argument("--runs_root", default=os.path.join(PROJECT_ROOT, "runs"))
-    parser.add_argument("--start_timeout", type=int, default=60,
-                        help="seconds horovodrun waits for all workers to start")
-    parser.add_argument("--ssh_user", default="")
-    parser.add_argument("--ssh_port", type=int, default=0)
-    parser.add_argument("--ssh_identity", default="", help="private key file for ssh")
-    parser.add_argument("--ssh_known_hosts", default="", help="known_hosts file for ssh")
+    remote.add_arguments(parser)
+    parser.set_defaults(start_timeout=60)
     parser.add_argument("--network_interface", default="",
                         help="interface(s) for Horovod traffic, e.g. eth0 or ib0,eth0")
     parser.add_argument("--elastic", action="store_true",
@@ -144,19 +140,12 @@ def check_elastic(options, hosts, np, config):
 
 
 def ssh_settings(options):
-    if options.ssh_identity and not os.path.isfile(options.ssh_identity):
-        raise ValueError(f"SSH_IDENTITY file {options.ssh_identity} does not exist")
-    if options.ssh_port and not 1 <= options.ssh_port <= 65535:
-        raise ValueError(f"SSH_PORT must be from 1 to 65535, got {options.ssh_port}")
     if options.network_interface and not all(
             part.replace("-", "").replace(".", "").replace("_", "").isalnum()
             for part in options.network_interface.split(",")):
         raise ValueError(f"NETWORK_INTERFACE {options.network_interface!r} is not a list of "
                          "interface names such as eth0 or ib0,eth0")
-    return remote.SshSettings(user=options.ssh_user, port=options.ssh_port,
-                              identity_file=options.ssh_identity,
-                              known_hosts_file=options.ssh_known_hosts,
-                              connect_timeout=options.start_timeout)
+    return remote.settings_from(options)
 
 
 def worker_environment(ssh_wrapper_dir=None):

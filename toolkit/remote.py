@@ -33,6 +33,28 @@ class RemoteError(RuntimeError):
     """A host cannot be used; the message names it and says what to fix."""
 
 
+def add_arguments(parser):
+    """The ssh options every command that reaches the hosts takes."""
+    parser.add_argument("--start_timeout", type=int, default=30,
+                        help="seconds to wait for ssh (and, in a launch, for workers)")
+    parser.add_argument("--ssh_user", default="")
+    parser.add_argument("--ssh_port", type=int, default=0)
+    parser.add_argument("--ssh_identity", default="", help="private key file for ssh")
+    parser.add_argument("--ssh_known_hosts", default="", help="known_hosts file for ssh")
+
+
+def settings_from(options):
+    """SshSettings from options added by ``add_arguments``; ValueError on bad values."""
+    if options.ssh_identity and not os.path.isfile(options.ssh_identity):
+        raise ValueError(f"SSH_IDENTITY file {options.ssh_identity} does not exist")
+    if options.ssh_port and not 1 <= options.ssh_port <= 65535:
+        raise ValueError(f"SSH_PORT must be from 1 to 65535, got {options.ssh_port}")
+    return SshSettings(user=options.ssh_user, port=options.ssh_port,
+                       identity_file=options.ssh_identity,
+                       known_hosts_file=options.ssh_known_hosts,
+                       connect_timeout=options.start_timeout)
+
+
 def is_local(host_name):
     """True for names that horovodrun runs without ssh: those that resolve to an address
     of this machine (horovodrun's own test)."""

@@ -395,6 +395,8 @@ def run_elastic(session, data, runtime, position, run_dir):
                                     step % session.steps_per_epoch, step)
 
     train_on_current_world(state)
+    if "logs" not in outcome:
+        raise RuntimeError("elastic training returned before the end of its plan")
     return outcome["logs"], outcome["nonfinite"], outcome["world"], outcome["data"]
 
 

@@ -29,7 +29,7 @@ def weights(mode, world):
     optimizer = keras.optimizers.Adam(1e-3)
     if mode == "distributed":
         optimizer = distributed.wrap_optimizer(optimizer, config)
-    model.compile(optimizer=optimizer, loss=image.build_loss(config))
+    model.compile(optimizer=optimizer, loss=image.RECIPE.build_loss(config))
     optimizer.build(model.trainable_variables)
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
     model.fit(data.train.repeat(), steps_per_epoch=8, epochs=1, verbose=0,
