@@ -62,7 +62,7 @@ def test_live_tensorboard_serves_scalars_hparams_images_and_config(trained_run):
             assert tag in train_tags, (tag, sorted(train_tags))
         assert {"epoch_loss", "epoch_accuracy"} <= set(scalars["validation"])
         images = get(base, "/data/plugin/images/tags")
-        assert "inputs/training_examples" in images["train"]
+        assert "inputs/validation_examples" in images["validation"]
         assert "validation/confusion_matrix" in images["validation"]
         assert "config" in get(base, "/data/plugin/text/tags")["."]
         experiment = get(base, "/data/plugin/hparams/experiment", {"experimentName": ""})

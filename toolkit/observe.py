@@ -58,13 +58,18 @@ def _to_images(features):
 
 
 def write_input_examples(log_dir, dataset, count=6):
-    """A few training inputs (images; spectrograms for speech) under the Images tab."""
+    """A few model inputs (images; spectrograms for speech) under the Images tab.
+
+    Pass the validation set, never the training set: iterating a shuffled training
+    dataset advances its reshuffling seeds, so the training run would then see other
+    batches than a resumed run and exact resume would be lost.
+    """
     features, labels = next(iter(dataset.take(1)))
     images = _to_images(features)
     if images is None:
         return False
     with tf.summary.create_file_writer(log_dir).as_default():
-        tf.summary.image("inputs/training_examples", images[:count], step=0,
+        tf.summary.image("inputs/validation_examples", images[:count], step=0,
                          max_outputs=count)
     return True
 

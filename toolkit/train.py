@@ -421,7 +421,8 @@ def write_run_config(session, world, workers, data, runtime, position, run_dir):
                                 run_name=os.path.basename(os.path.normpath(run_dir)),
                                 metric_names=["validation_loss", "validation_accuracy",
                                               "samples_per_second"])
-    observe.write_input_examples(os.path.join(log_dir, "train"), data.train)
+    if data.validation is not None:
+        observe.write_input_examples(os.path.join(log_dir, "validation"), data.validation)
     resume_note = (f"; resuming at epoch {position.epochs_done + 1}, step "
                    f"{position.steps_into_epoch} (global step {position.global_step}, "
                    f"{os.path.basename(position.checkpoint)})" if position.global_step
