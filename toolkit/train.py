@@ -492,7 +492,9 @@ def train(recipe, config, run_dir):
         logs = run_fit(model, data, lambda: recipe.build_data(config, world.shard()).train,
                        position, config, steps_per_epoch, callbacks, progress)
     if nonfinite.stopped_at is not None:
-        latest = checkpointer.latest if world.is_chief else "reported by rank 0"
+        # Every rank learns the chief's answer: whichever rank exits first is the one whose
+        # message reaches the user (horovodrun then stops the others).
+        latest = distributed.broadcast_object(checkpointer.latest if world.is_chief else None)
         raise safety.NonFiniteError(
             f"the loss or gradients became NaN/Inf at global step {nonfinite.stopped_at}; all "
             "workers stopped before applying that update. The last good checkpoint is "
