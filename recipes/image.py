@@ -23,9 +23,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from recipes import common
+from recipe_helpers import class_folders
+from recipe_helpers import classification
 from toolkit import config as config_lib
 from toolkit import data as data_lib
+from toolkit import errors
 from toolkit import recipe as recipe_lib
 
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
@@ -58,34 +60,52 @@ class ImageConfig(config_lib.TrainConfig):
     stages: int = 3
     blocks_per_stage: int = 1  # residual blocks (two 3x3 convs each) per stage
 
-    def validate(self):
+    def validate(self) -> None:
         super().validate()
-        config_lib._require(self, "image_size", self.image_size >= 8, "an integer >= 8")
-        config_lib._require(self, "channels", self.channels in (1, 3), "1 or 3")
-        config_lib._require(self, "width", self.width >= 1, "an integer >= 1")
-        config_lib._require(self, "stages", self.stages >= 1, "an integer >= 1")
-        config_lib._require(self, "blocks_per_stage", self.blocks_per_stage >= 1,
-                            "an integer >= 1")
-        config_lib._require(self, "validation_fraction", 0 < self.validation_fraction < 1,
-                            "a number in (0, 1)")
+        config_lib.require(self, "image_size", self.image_size >= 8, "an integer >= 8")
+        config_lib.require(self, "channels", self.channels in (1, 3), "1 or 3")
+        config_lib.require(self, "width", self.width >= 1, "an integer >= 1")
+        config_lib.require(self, "stages", self.stages >= 1, "an integer >= 1")
+        config_lib.require(self, "blocks_per_stage", self.blocks_per_stage >= 1,
+                           "an integer >= 1")
+        config_lib.require(self, "validation_fraction", 0 < self.validation_fraction < 1,
+                           "a number in (0, 1)")
         if self.train_files and not self.validation_files:
-            raise config_lib.ConfigError("config key 'train_files' is set but "
-                                         "'validation_files' is not; give both globs")
+            raise errors.ConfigError("config key 'train_files' is set but "
+                                     "'validation_files' is not; give both globs")
         if self.train_files and self.num_classes < 2:
-            raise config_lib.ConfigError("config key 'num_classes' must be >= 2 with "
-                                         "TFRecord data (train_files)")
+            raise errors.ConfigError("config key 'num_classes' must be >= 2 with "
+                                     "TFRecord data (train_files)")
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def build_data(config, shard):
+def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
     """This worker's shard of the configured data, batched (see module docstring)."""
     if config.data_dir:
-        return _folder_data(config, shard)
-    if config.train_files:
-        return _tfrecord_data(config, shard)
-    return _fashion_mnist_data(config, shard)
+        train, validation, class_names, description = _folder_examples(config)
+    elif config.train_files:
+        train, validation, class_names, description = _tfrecord_examples(config)
+    else:
+        train, validation, class_names, description = _fashion_mnist_examples(config)
+
+    def prepare_for_training(image, label):
+        image = to_model_input(image, config.image_size, config.channels)
+        return (_augment(image) if config.augment else image), label
+
+    def prepare_for_validation(image, label):
+        return to_model_input(image, config.image_size, config.channels), label
+
+    train_batches, train_count = data_lib.make_pipeline(
+        train, shard=shard, config=config, training=True, maximum=config.max_train_examples,
+        prepare=prepare_for_training)
+    validation_batches, validation_count = data_lib.make_pipeline(
+        validation, shard=shard, config=config, training=False,
+        maximum=config.max_validation_examples, prepare=prepare_for_validation)
+    return data_lib.Data(train=train_batches, validation=validation_batches,
+                         train_examples=train_count, validation_examples=validation_count,
+                         class_names=class_names, description=description)
 
 
 def read_idx(path):
@@ -94,163 +114,109 @@ def read_idx(path):
     with opener(path, "rb") as stream:
         content = stream.read()
     if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] != 0x08:
-        raise data_lib.DataError(f"{path} is not an unsigned-byte IDX file")
+        raise errors.DataError(f"{path} is not an unsigned-byte IDX file")
     dimensions = content[3]
     shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big") for i in range(dimensions))
     array = np.frombuffer(content, np.uint8, offset=4 + 4 * dimensions)
     if array.size != int(np.prod(shape)):
-        raise data_lib.DataError(f"{path} is truncated: header says {shape}, "
-                                 f"found {array.size} bytes of data")
+        raise errors.DataError(f"{path} is truncated: header says {shape}, "
+                               f"found {array.size} bytes of data")
     return array.reshape(shape)
 
 
-def _fashion_mnist_split(directory, prefix):
+def fashion_mnist_split(directory, prefix):
+    """(images, labels) of one Fashion-MNIST split: prefix "train" or "t10k" (test)."""
     paths = {}
     for part, kind in (("images", "idx3"), ("labels", "idx1")):
         candidates = [os.path.join(directory, f"{prefix}-{part}-{kind}-ubyte{suffix}")
                       for suffix in (".gz", "")]
         found = [path for path in candidates if os.path.exists(path)]
         if not found:
-            raise data_lib.DataError(
+            raise errors.DataError(
                 f"Fashion-MNIST file {candidates[0]} not found; install the Debian package "
                 "dataset-fashion-mnist (make setup does) or set --fashion_mnist_dir")
         paths[part] = found[0]
     return read_idx(paths["images"]), read_idx(paths["labels"])
 
 
-def _fashion_mnist_data(config, shard):
-    train_images, train_labels = _fashion_mnist_split(config.fashion_mnist_dir, "train")
-    test_images, test_labels = _fashion_mnist_split(config.fashion_mnist_dir, "t10k")
-
-    def in_memory(images, labels, maximum):
-        count = data_lib.limit(len(labels), maximum)
-        indices = shard.indices(count)
-        # Add the channel axis; uint8 until the pipeline, which scales to [0, 1].
-        dataset = tf.data.Dataset.from_tensor_slices((images[indices, ..., None],
-                                                      labels[indices].astype(np.int32)))
-        return dataset, len(indices)
-
-    train, train_count = in_memory(train_images, train_labels, config.max_train_examples)
-    validation, validation_count = in_memory(test_images, test_labels,
-                                             config.max_validation_examples)
-    return data_lib.Data(
-        train=_train_pipeline(train, train_count, config, shard),
-        validation=_validation_pipeline(validation, config),
-        train_examples=train_count,
-        validation_examples=validation_count,
-        class_names=list(FASHION_MNIST_CLASSES),
-        description=f"Fashion-MNIST from {config.fashion_mnist_dir}",
-    )
+def _fashion_mnist_examples(config):
+    """In-memory uint8 images (with a channel axis) and int32 labels; the test set
+    is the validation set."""
+    splits = []
+    for prefix in ("train", "t10k"):
+        images, labels = fashion_mnist_split(config.fashion_mnist_dir, prefix)
+        splits.append(data_lib.Examples(
+            tf.data.Dataset.from_tensor_slices((images[..., None], labels.astype(np.int32))),
+            count=len(labels)))
+    return (splits[0], splits[1], list(FASHION_MNIST_CLASSES),
+            f"Fashion-MNIST from {config.fashion_mnist_dir}")
 
 
-def unreadable_image(path):
-    """Why ``path`` cannot be used as an image, or None. Reads the header only."""
+IMAGE_FOLDERS = class_folders.FolderKind(
+    data="image", items="images", class_word="class", extensions=IMAGE_EXTENSIONS,
+    policy_key="bad_images")
+
+
+def check_image(path):
+    """``path`` if it can be read as an image (the header only), else UnusableFile."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             if image.format not in ("JPEG", "PNG", "GIF", "BMP"):
-                return f"is {image.format}, not JPEG/PNG/GIF/BMP"
-            return None
+                raise class_folders.UnusableFile(f"is {image.format}, not JPEG/PNG/GIF/BMP")
     except (OSError, UnidentifiedImageError) as error:
-        return f"cannot be read as an image ({str(error).splitlines()[0][:120]})"
+        raise class_folders.UnusableFile(
+            f"cannot be read as an image ({str(error).splitlines()[0][:120]})") from None
+    return path
 
 
 def list_image_folder(directory, bad_images="error"):
-    """Return ``(paths, labels, class_names)`` for a folder of class subfolders.
-
-    Files that cannot be read as images are an error naming them, or, with
-    ``bad_images="skip"``, left out with a warning that names the first few.
-    """
-    if not os.path.isdir(directory):
-        raise data_lib.DataError(f"image folder {directory} does not exist or is not a folder")
-    class_names = sorted(entry for entry in os.listdir(directory)
-                         if os.path.isdir(os.path.join(directory, entry)))
-    if not class_names:
-        raise data_lib.DataError(f"image folder {directory} has no class subfolders; expected "
-                                 f"{directory}/<class name>/<image>.jpg|.png")
-    paths, labels, bad = [], [], []
-    for label, name in enumerate(class_names):
-        class_dir = os.path.join(directory, name)
-        files = sorted(entry for entry in os.listdir(class_dir)
-                       if entry.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise data_lib.DataError(f"class folder {class_dir} has no images; every class needs "
-                                     f"at least one file ending in {', '.join(IMAGE_EXTENSIONS)}")
-        readable = 0
-        for entry in files:
-            path = os.path.join(class_dir, entry)
-            problem = unreadable_image(path)
-            if problem:
-                bad.append(f"{path} {problem}")
-            else:
-                paths.append(path)
-                labels.append(label)
-                readable += 1
-        if not readable:
-            raise data_lib.DataError(f"class folder {class_dir} has no readable images: "
-                                     + "; ".join(bad[-3:]))
-    if bad and bad_images == "error":
-        raise data_lib.DataError(f"{len(bad)} unreadable image files in {directory} (use "
-                                 "--bad_images=skip to leave them out): " + "; ".join(bad[:5]))
-    if bad:
-        print(f"[toolkit] warning: skipping {len(bad)} unreadable image files, e.g. "
-              + "; ".join(bad[:3]), flush=True)
-    return paths, np.array(labels, np.int32), class_names
+    """The checked files and class names of a folder of class subfolders."""
+    return class_folders.scan(directory, IMAGE_FOLDERS, check_image, bad_files=bad_images)
 
 
 def _folder_split(config):
-    """Training and validation (paths, labels) and the class names."""
+    """Training and validation listings (files of LabelledFile) and the class names."""
+    train_dir = os.path.join(config.data_dir, "train")
     for validation_name in ("validation", "val"):
         validation_dir = os.path.join(config.data_dir, validation_name)
-        train_dir = os.path.join(config.data_dir, "train")
         if os.path.isdir(train_dir) and os.path.isdir(validation_dir):
-            train_paths, train_labels, class_names = list_image_folder(train_dir,
-                                                                       config.bad_images)
-            validation_paths, validation_labels, validation_classes = (
-                list_image_folder(validation_dir, config.bad_images))
-            if validation_classes != class_names:
-                raise data_lib.DataError(
+            train = list_image_folder(train_dir, config.bad_images)
+            validation = list_image_folder(validation_dir, config.bad_images)
+            if validation.class_names != train.class_names:
+                raise errors.DataError(
                     f"{train_dir} and {validation_dir} have different class folders: "
-                    f"{class_names} vs {validation_classes}")
-            return (train_paths, train_labels), (validation_paths, validation_labels), class_names
-    paths, labels, class_names = list_image_folder(config.data_dir, config.bad_images)
+                    f"{train.class_names} vs {validation.class_names}")
+            return train.files, validation.files, train.class_names, (
+                train.problems_note() + validation.problems_note())
+    listing = list_image_folder(config.data_dir, config.bad_images)
     # Hold out the same files every run: a seeded permutation within each class.
     generator = np.random.default_rng(config.seed)
-    validation_mask = np.zeros(len(labels), bool)
-    for label in range(len(class_names)):
+    labels = np.array([item.label for item in listing.files])
+    held_out = np.zeros(len(labels), bool)
+    for label in range(len(listing.class_names)):
         members = np.flatnonzero(labels == label)
-        held_out = int(round(len(members) * config.validation_fraction))
-        validation_mask[generator.permutation(members)[:held_out]] = True
-    paths = np.array(paths)
-    return ((list(paths[~validation_mask]), labels[~validation_mask]),
-            (list(paths[validation_mask]), labels[validation_mask]), class_names)
+        count = int(round(len(members) * config.validation_fraction))
+        held_out[generator.permutation(members)[:count]] = True
+    train = [item for item, out in zip(listing.files, held_out) if not out]
+    validation = [item for item, out in zip(listing.files, held_out) if out]
+    return train, validation, listing.class_names, listing.problems_note()
 
 
-def _folder_data(config, shard):
-    (train_paths, train_labels), (validation_paths, validation_labels), class_names = (
-        _folder_split(config))
+def _folder_examples(config):
+    train_files, validation_files, class_names, problems = _folder_split(config)
 
-    def from_files(paths, labels, maximum):
-        count = data_lib.limit(len(labels), maximum)
-        indices = shard.indices(count)
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (np.array(paths)[indices], np.asarray(labels)[indices]))
-        dataset = dataset.map(lambda path, label: (tf.io.read_file(path), label),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset, len(indices)
+    def load(path, label):
+        return decode_image(tf.io.read_file(path), config.image_size, config.channels), label
 
-    train, train_count = from_files(train_paths, train_labels, config.max_train_examples)
-    validation, validation_count = from_files(validation_paths, validation_labels,
-                                              config.max_validation_examples)
-    return data_lib.Data(
-        train=_train_pipeline(_decoded(train, config), train_count, config, shard),
-        validation=_validation_pipeline(_decoded(validation, config), config),
-        train_examples=train_count,
-        validation_examples=validation_count,
-        class_names=class_names,
-        description=f"image folder {config.data_dir}",
-    )
+    def examples(files):
+        listing = tf.data.Dataset.from_tensor_slices(
+            ([item.path for item in files], np.array([item.label for item in files], np.int32)))
+        return data_lib.Examples(listing, count=len(files), load=load)
+
+    return (examples(train_files), examples(validation_files), class_names,
+            f"image folder {config.data_dir}{problems}")
 
 
 TFRECORD_FEATURES = {
@@ -263,7 +229,7 @@ def _scan_tfrecords(pattern, num_classes):
     """Return the sorted files matching ``pattern`` and their record count; check labels."""
     files = sorted(glob.glob(pattern))
     if not files:
-        raise data_lib.DataError(f"no TFRecord files match {pattern!r}")
+        raise errors.DataError(f"no TFRecord files match {pattern!r}")
     labels = tf.data.TFRecordDataset(files).map(
         lambda record: tf.io.parse_single_example(
             record, {"image/class/label": TFRECORD_FEATURES["image/class/label"]}
@@ -274,39 +240,29 @@ def _scan_tfrecords(pattern, num_classes):
         values = batch.numpy()
         bad = values[(values < 0) | (values >= num_classes)]
         if bad.size:
-            raise data_lib.DataError(f"TFRecords {pattern!r} hold label {int(bad[0])}, outside "
-                                     f"0..{num_classes - 1} (num_classes={num_classes})")
+            raise errors.DataError(f"TFRecords {pattern!r} hold label {int(bad[0])}, outside "
+                                   f"0..{num_classes - 1} (num_classes={num_classes})")
         count += len(values)
     if count == 0:
-        raise data_lib.DataError(f"TFRecord files {pattern!r} hold no records")
+        raise errors.DataError(f"TFRecord files {pattern!r} hold no records")
     return files, count
 
 
-def _tfrecord_data(config, shard):
-    def from_records(pattern, maximum):
-        files, total = _scan_tfrecords(pattern, config.num_classes)
-        count = data_lib.limit(total, maximum)
-        records = shard.take(tf.data.TFRecordDataset(files).take(count), count)
-        parsed = records.map(
-            lambda record: _parse_example(tf.io.parse_single_example(record, TFRECORD_FEATURES)),
-            num_parallel_calls=tf.data.AUTOTUNE)
-        return parsed, shard.size(count)
-
-    train, train_count = from_records(config.train_files, config.max_train_examples)
-    validation, validation_count = from_records(config.validation_files,
-                                                config.max_validation_examples)
-    return data_lib.Data(
-        train=_train_pipeline(_decoded(train, config), train_count, config, shard),
-        validation=_validation_pipeline(_decoded(validation, config), config),
-        train_examples=train_count,
-        validation_examples=validation_count,
-        class_names=[str(label) for label in range(config.num_classes)],
-        description=f"TFRecords {config.train_files}",
-    )
+def _parse_example(record, config):
+    features = tf.io.parse_single_example(record, TFRECORD_FEATURES)
+    return (decode_image(features["image/encoded"], config.image_size, config.channels),
+            tf.cast(features["image/class/label"], tf.int32))
 
 
-def _parse_example(features):
-    return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
+def _tfrecord_examples(config):
+    def examples(pattern):
+        files, count = _scan_tfrecords(pattern, config.num_classes)
+        return data_lib.Examples(tf.data.TFRecordDataset(files), count=count,
+                                 load=lambda record: _parse_example(record, config))
+
+    return (examples(config.train_files), examples(config.validation_files),
+            [str(label) for label in range(config.num_classes)],
+            f"TFRecords {config.train_files}")
 
 
 def decode_image(encoded, image_size, channels):
@@ -314,12 +270,6 @@ def decode_image(encoded, image_size, channels):
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
-def _decoded(dataset, config):
-    return dataset.map(lambda encoded, label: (decode_image(encoded, config.image_size,
-                                                            config.channels), label),
-                       num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def to_model_input(images, image_size, channels):
@@ -343,27 +293,7 @@ def _augment(image):
     return tf.image.random_crop(image, (size, size, image.shape[-1]))
 
 
-def _train_pipeline(dataset, count, config, shard):
-    def prepare(image, label):
-        image = to_model_input(image, config.image_size, config.channels)
-        return (_augment(image) if config.augment else image), label
-
-    # Each worker shuffles its own shard; a different seed per worker decorrelates them.
-    dataset = dataset.cache().shuffle(max(count, 1), seed=config.seed + shard.index,
-                                      reshuffle_each_iteration=True)
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(config.batch_size_per_worker, drop_remainder=True).prefetch(
-        tf.data.AUTOTUNE)
-
-
-def _validation_pipeline(dataset, config):
-    dataset = dataset.map(
-        lambda image, label: (to_model_input(image, config.image_size, config.channels), label),
-        num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.cache().batch(config.batch_size_per_worker).prefetch(tf.data.AUTOTUNE)
-
-
-def check_data(config):
+def check_data(config: ImageConfig) -> None:
     """Before launch: the configured data exists and its labels and files are valid."""
     if config.data_dir:
         _folder_split(config)
@@ -371,7 +301,7 @@ def check_data(config):
         _scan_tfrecords(config.train_files, config.num_classes)
         _scan_tfrecords(config.validation_files, config.num_classes)
     else:
-        _fashion_mnist_split(config.fashion_mnist_dir, "t10k")
+        fashion_mnist_split(config.fashion_mnist_dir, "t10k")
 
 
 # ---------------------------------------------------------------------------- model
@@ -397,7 +327,7 @@ def _residual_block(inputs, filters, stride):
     return keras.layers.ReLU()(x + shortcut)
 
 
-def build_model(config, data):
+def build_model(config: ImageConfig, data: data_lib.Data) -> keras.Model:
     inputs = keras.Input((config.image_size, config.image_size, config.channels), name="image")
     x = keras.layers.Conv2D(config.width, 3, padding="same", use_bias=False)(inputs)
     x = _batch_norm()(x)
@@ -416,28 +346,20 @@ def build_model(config, data):
 # --------------------------------------------------------------------------- export
 
 
-class ImageServing(tf.Module):
+class ImageServing(classification.ClassifierServing):
     """Serving functions: encoded image files, or uint8 pixel arrays of any size."""
 
     def __init__(self, config, model, class_names):
-        super().__init__()
-        self.model = model
+        super().__init__(model, class_names)
         self.image_size = config.image_size
         self.channels = config.channels
-        self.class_names = tf.constant(class_names)
-
-    def _predict(self, images):
-        probabilities = tf.nn.softmax(self.model(images, training=False), axis=-1)
-        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"class_name": tf.gather(self.class_names, class_ids),
-                "class_id": class_ids, "probabilities": probabilities}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
         """JPEG/PNG/GIF/BMP file contents, one per example."""
         decoded = tf.map_fn(lambda encoded: decode_image(encoded, self.image_size, self.channels),
                             images, fn_output_signature=tf.uint8)
-        return self._predict(to_model_input(decoded, self.image_size, self.channels))
+        return self.classify(to_model_input(decoded, self.image_size, self.channels))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8,
                                                 name="pixels")])
@@ -451,7 +373,7 @@ class ImageServing(tf.Module):
                          lambda: self._convert_channels(images))
         images = tf.ensure_shape(images / 255.0,
                                  [None, self.image_size, self.image_size, self.channels])
-        return self._predict(images)
+        return self.classify(images)
 
     def _convert_channels(self, images):
         if self.channels == 3:
@@ -462,7 +384,7 @@ class ImageServing(tf.Module):
         return {"serving_default": self.serve_encoded, "serving_pixels": self.serve_pixels}
 
 
-def build_serving(config, model, data):
+def build_serving(config: ImageConfig, model: keras.Model, data: data_lib.Data) -> ImageServing:
     return ImageServing(config, model, data.class_names)
 
 
@@ -472,8 +394,8 @@ RECIPE = recipe_lib.Recipe(
     config_class=ImageConfig,
     build_data=build_data,
     build_model=build_model,
-    build_loss=common.build_loss,
-    build_metrics=common.build_metrics,
+    build_loss=classification.build_loss,
+    build_metrics=classification.build_metrics,
     build_serving=build_serving,
     check_data=check_data,
     tiny_overrides={"width": "8", "stages": "2", "batch_size_per_worker": "32",

@@ -10,7 +10,7 @@ decoded, are empty or are not mono are listed and skipped (``--bad_clips=skip``)
 the run (``--bad_clips=error``).
 
 Default: a data set spoken by three text-to-speech engines, generated locally (see
-recipes/speech_synth.py), split by speaker so that validation and test voices are never
+recipes/speech_synthesis.py), split by speaker so that validation and test voices are never
 heard in training. ``summary.json`` then reports test accuracy per engine.
 
 Features are TensorFlow ops in the ``tf.data`` pipeline (``tf.audio.decode_wav``,
@@ -29,10 +29,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from recipes import common
-from recipes import speech_synth
+from recipe_helpers import class_folders
+from recipe_helpers import classification
+from recipe_helpers import speech_synthesis
 from toolkit import config as config_lib
 from toolkit import data as data_lib
+from toolkit import errors
 from toolkit import recipe as recipe_lib
 
 SAMPLE_RATE = 16000
@@ -57,7 +59,7 @@ class SpeechConfig(config_lib.TrainConfig):
     test_fraction: float = 0.15
     bad_clips: typing.Literal["skip", "error"] = "skip"
     cache_dir: str = ".cache/toolkit"  # generated and resampled clips
-    tts_words: str = ",".join(speech_synth.DEFAULT_WORDS)  # words the generator speaks
+    tts_words: str = ",".join(speech_synthesis.DEFAULT_WORDS)  # words the generator speaks
     tts_espeak_speakers: int = 70  # espeak accent x variant voices (flite, festival: all)
     tts_variations: int = 4  # speed/pitch settings per espeak voice (4x for the others)
     tts_seed: int = 42  # the same seed gives the same clips
@@ -82,21 +84,21 @@ class SpeechConfig(config_lib.TrainConfig):
     blocks: int = 4  # separable (or plain) conv blocks after the first conv
     dropout: float = 0.2
 
-    def validate(self):
+    def validate(self) -> None:
         super().validate()
         for key in ("validation_fraction", "test_fraction"):
-            config_lib._require(self, key, 0 <= getattr(self, key) < 0.5, "a number in [0, 0.5)")
-        config_lib._require(self, "clip_seconds", 0.1 <= self.clip_seconds <= 10,
-                            "a number of seconds from 0.1 to 10")
-        config_lib._require(self, "mel_bands", 8 <= self.mel_bands <= 128, "8 to 128")
-        config_lib._require(self, "width", self.width >= 4, "an integer >= 4")
-        config_lib._require(self, "blocks", self.blocks >= 1, "an integer >= 1")
-        config_lib._require(self, "dropout", 0 <= self.dropout < 1, "a number in [0, 1)")
-        config_lib._require(self, "frequency_warp", 0 <= self.frequency_warp < 0.5,
-                            "a number in [0, 0.5)")
-        config_lib._require(self, "tts_espeak_speakers", self.tts_espeak_speakers >= 10,
-                            "an integer >= 10")
-        config_lib._require(self, "tts_variations", self.tts_variations >= 1, "an integer >= 1")
+            config_lib.require(self, key, 0 <= getattr(self, key) < 0.5, "a number in [0, 0.5)")
+        config_lib.require(self, "clip_seconds", 0.1 <= self.clip_seconds <= 10,
+                           "a number of seconds from 0.1 to 10")
+        config_lib.require(self, "mel_bands", 8 <= self.mel_bands <= 128, "8 to 128")
+        config_lib.require(self, "width", self.width >= 4, "an integer >= 4")
+        config_lib.require(self, "blocks", self.blocks >= 1, "an integer >= 1")
+        config_lib.require(self, "dropout", 0 <= self.dropout < 1, "a number in [0, 1)")
+        config_lib.require(self, "frequency_warp", 0 <= self.frequency_warp < 0.5,
+                           "a number in [0, 0.5)")
+        config_lib.require(self, "tts_espeak_speakers", self.tts_espeak_speakers >= 10,
+                           "an integer >= 10")
+        config_lib.require(self, "tts_variations", self.tts_variations >= 1, "an integer >= 1")
 
 
 # -------------------------------------------------------------------------- features
@@ -257,64 +259,48 @@ def resampled_path(path, rate, cache_dir):
     return target
 
 
+SPEECH_FOLDERS = class_folders.FolderKind(
+    data="speech", items="clips", class_word="label", extensions=(".wav",),
+    policy_key="bad_clips")
+
+
+def usable_clip(path, cache_dir):
+    """The 16 kHz clip to read for ``path`` (a resampled copy for other rates), or
+    UnusableFile saying why it cannot be used."""
+    problem, rate, _ = inspect_wav(path)
+    if problem:
+        raise class_folders.UnusableFile(problem)
+    return path if rate == SAMPLE_RATE else resampled_path(path, rate, cache_dir)
+
+
 def scan_folder(config, data_dir):
     """List the labelled clips of a Speech Commands-style folder, checking each one.
 
     Returns (clips, label names, background noise paths, report). Problem clips are
     listed in the report and skipped, or raise with ``--bad_clips=error``.
     """
-    if not os.path.isdir(data_dir):
-        raise data_lib.DataError(f"speech data folder {data_dir} does not exist")
     wanted = [word.strip() for word in config.words.split(",") if word.strip()]
-    labels = sorted(entry for entry in os.listdir(data_dir)
-                    if os.path.isdir(os.path.join(data_dir, entry))
-                    and entry != BACKGROUND_NOISE_FOLDER and not entry.startswith("."))
-    if wanted:
-        missing = [word for word in wanted if word not in labels]
-        if missing:
-            raise data_lib.DataError(f"no label folder for {missing} in {data_dir}; label "
-                                     f"folders there: {labels}")
-        labels = sorted(wanted)
-    if len(labels) < 2:
-        raise data_lib.DataError(f"{data_dir} needs at least two label folders of .wav clips; "
-                                 f"found {labels}")
-    clips, problems, resampled = [], [], 0
-    for label, name in enumerate(labels):
-        folder = os.path.join(data_dir, name)
-        files = sorted(entry for entry in os.listdir(folder) if entry.lower().endswith(".wav"))
-        if not files:
-            raise data_lib.DataError(f"label folder {folder} has no .wav clips; every label "
-                                     "needs at least one")
-        usable = 0
-        for file_name in files:
-            path = os.path.join(folder, file_name)
-            problem, rate, _ = inspect_wav(path)
-            if problem:
-                problems.append(f"{path} {problem}")
-                continue
-            if rate != SAMPLE_RATE:
-                path = resampled_path(path, rate, config.cache_dir)
-                resampled += 1
-            clips.append(Clip(f"{name}/{file_name}", path, label, speaker_of(file_name)))
-            usable += 1
-        if usable == 0:
-            raise data_lib.DataError(f"label folder {folder} has no usable clips: "
-                                     + "; ".join(problems[-3:]))
-    if problems and config.bad_clips == "error":
-        raise data_lib.DataError(f"{len(problems)} bad clips in {data_dir} (use "
-                                 "--bad_clips=skip to leave them out): " + "; ".join(problems[:5]))
+    listing = class_folders.scan(
+        data_dir, SPEECH_FOLDERS, lambda path: usable_clip(path, config.cache_dir),
+        bad_files=config.bad_clips, classes=wanted, ignore={BACKGROUND_NOISE_FOLDER})
+    clips = [Clip(item.relative, item.path, item.label,
+                  speaker_of(os.path.basename(item.relative))) for item in listing.files]
+    resampled = sum(1 for item in listing.files
+                    if item.path != os.path.join(data_dir, item.relative))
     noise_dir = os.path.join(data_dir, BACKGROUND_NOISE_FOLDER)
     noises = []
     if os.path.isdir(noise_dir):
         for entry in sorted(os.listdir(noise_dir)):
-            path = os.path.join(noise_dir, entry)
-            if entry.lower().endswith(".wav") and inspect_wav(path)[0] is None:
-                rate = inspect_wav(path)[1]
-                noises.append(path if rate == SAMPLE_RATE
-                              else resampled_path(path, rate, config.cache_dir))
-    report = {"clips": len(clips), "skipped": len(problems), "skipped_examples": problems[:5],
-              "resampled": resampled, "background_noise_files": len(noises)}
-    return clips, labels, noises, report
+            if not entry.lower().endswith(".wav"):
+                continue
+            try:
+                noises.append(usable_clip(os.path.join(noise_dir, entry), config.cache_dir))
+            except class_folders.UnusableFile:
+                continue  # a broken noise file only means less noise variety
+    report = {"clips": len(clips), "skipped": len(listing.problems),
+              "skipped_examples": listing.problems[:5], "resampled": resampled,
+              "background_noise_files": len(noises)}
+    return clips, listing.class_names, noises, report
 
 
 def split_clips(clips, data_dir, config):
@@ -346,25 +332,25 @@ def resolve_data_dir(config):
     if config.data_dir:
         return config.data_dir, f"speech folder {config.data_dir}"
     words = [word.strip() for word in config.tts_words.split(",") if word.strip()]
-    directory = speech_synth.dataset_dir(config.cache_dir, words, config.tts_espeak_speakers,
-                                         config.tts_variations, config.tts_seed)
-    speech_synth.generate(directory, words, config.tts_espeak_speakers, config.tts_variations,
-                          config.tts_seed, workers=len(os.sched_getaffinity(0)))
+    directory = speech_synthesis.dataset_dir(config.cache_dir, words, config.tts_espeak_speakers,
+                                             config.tts_variations, config.tts_seed)
+    speech_synthesis.generate(directory, words, config.tts_espeak_speakers, config.tts_variations,
+                              config.tts_seed, workers=len(os.sched_getaffinity(0)))
     return directory, f"generated text-to-speech clips in {directory}"
 
 
-def _waveforms(clips, config):
-    """Decoded, length-fitted float waveforms of ``clips`` (TF ops, cached in memory)."""
-    paths = [clip.path for clip in clips]
-    labels = np.array([clip.label for clip in clips], np.int32)
+def clip_examples(clips, config):
+    """The clips as pipeline examples: (path, label) listed, decoded to fixed-length
+    float waveforms on load."""
     length = clip_samples(config)
 
-    def decode(path, label):
+    def load(path, label):
         audio, _ = tf.audio.decode_wav(tf.io.read_file(path), desired_channels=1)
         return fit_length(audio[:, 0], length), label
 
-    return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    listing = tf.data.Dataset.from_tensor_slices(
+        ([clip.path for clip in clips], np.array([clip.label for clip in clips], np.int32)))
+    return data_lib.Examples(listing, count=len(clips), load=load)
 
 
 def _noise_tensor(noise_paths):
@@ -375,41 +361,40 @@ def _noise_tensor(noise_paths):
     return tf.ragged.stack(decoded)
 
 
-def build_data(config, shard):
+def _features(waveform, label, config):
+    return log_mel(waveform, config)[..., None], label
+
+
+def _required_splits(splits, data_dir):
+    for split in ("train", "validation"):
+        if not splits[split]:
+            raise errors.DataError(f"{data_dir}: the {split} split is empty; add clips or "
+                                   "list files, or change validation_fraction")
+
+
+def build_data(config: SpeechConfig, shard: data_lib.Shard) -> data_lib.Data:
     data_dir, source = resolve_data_dir(config)
     clips, labels, noise_paths, report = scan_folder(config, data_dir)
     splits = split_clips(clips, data_dir, config)
-    for split in ("train", "validation"):
-        if not splits[split]:
-            raise data_lib.DataError(f"{data_dir}: the {split} split is empty; add clips or "
-                                     "list files, or change validation_fraction")
-    train = [splits["train"][i] for i in shard.indices(
-        data_lib.limit(len(splits["train"]), config.max_train_examples))]
-    validation = [splits["validation"][i] for i in shard.indices(
-        data_lib.limit(len(splits["validation"]), config.max_validation_examples))]
+    _required_splits(splits, data_dir)
     noises = _noise_tensor(noise_paths)
 
     def train_example(waveform, label):
         waveform = augment_waveform(waveform, noises, config)
         return spec_augment(log_mel(waveform, config), config)[..., None], label
 
-    train_dataset = (_waveforms(train, config)
-                     .shuffle(max(len(train), 1), seed=config.seed + shard.index,
-                              reshuffle_each_iteration=True)
-                     .map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
-                     .batch(config.batch_size_per_worker, drop_remainder=True)
-                     .prefetch(tf.data.AUTOTUNE))
-    validation_dataset = (_waveforms(validation, config)
-                          .map(lambda waveform, label: (log_mel(waveform, config)[..., None],
-                                                        label),
-                               num_parallel_calls=tf.data.AUTOTUNE)
-                          .batch(config.batch_size_per_worker).cache()
-                          .prefetch(tf.data.AUTOTUNE))
+    train, train_count = data_lib.make_pipeline(
+        clip_examples(splits["train"], config), shard=shard, config=config, training=True,
+        maximum=config.max_train_examples, prepare=train_example)
+    validation, validation_count = data_lib.make_pipeline(
+        clip_examples(splits["validation"], config), shard=shard, config=config,
+        training=False, maximum=config.max_validation_examples,
+        prepare=lambda waveform, label: _features(waveform, label, config))
     skipped = (f"; skipped {report['skipped']} bad clips, e.g. "
                + "; ".join(report["skipped_examples"][:3])) if report["skipped"] else ""
     return data_lib.Data(
-        train=train_dataset, validation=validation_dataset,
-        train_examples=len(train), validation_examples=len(validation),
+        train=train, validation=validation,
+        train_examples=train_count, validation_examples=validation_count,
         class_names=labels,
         description=(f"{source}: {len(splits['train'])} train / {len(splits['validation'])} "
                      f"validation / {len(splits['test'])} test clips, "
@@ -418,28 +403,24 @@ def build_data(config, shard):
     )
 
 
-def check_data(config):
+def check_data(config: SpeechConfig) -> None:
     """Before launch: the folder's labels and clips are usable (or the generator's tools
     are installed, for the default data set)."""
     if not config.data_dir:
-        missing = speech_synth.missing_tools()
+        missing = speech_synthesis.missing_tools()
         if missing:
-            raise data_lib.DataError(
+            raise errors.DataError(
                 "generating the default speech data set needs espeak-ng, flite, festival and "
                 f"sox; missing: {', '.join(missing)}. Run make setup, or pass --data_dir")
         return
     clips, _, _, _ = scan_folder(config, config.data_dir)
-    splits = split_clips(clips, config.data_dir, config)
-    for split in ("train", "validation"):
-        if not splits[split]:
-            raise data_lib.DataError(f"{config.data_dir}: the {split} split is empty; add clips "
-                                     "or list files, or change validation_fraction")
+    _required_splits(split_clips(clips, config.data_dir, config), config.data_dir)
 
 
 # ---------------------------------------------------------------------------- model
 
 
-def build_model(config, data):
+def build_model(config: SpeechConfig, data: data_lib.Data) -> keras.Model:
     frames = 1 + (clip_samples(config) - config.window_samples) // config.hop_samples
     inputs = keras.Input((frames, config.mel_bands, 1), name="log_mel")
     # Per-utterance normalisation inside the model, so the export needs no statistics.
@@ -467,7 +448,8 @@ def build_model(config, data):
 # ---------------------------------------------------------------- reports and export
 
 
-def test_report(config, model, data):
+def test_report(config: SpeechConfig, model: keras.Model,
+                data: data_lib.Data) -> typing.Dict[str, typing.Any]:
     """Accuracy on the held-out test speakers, overall and per group (engine for the
     generated data set: the part of the speaker id before the first '-')."""
     data_dir, _ = resolve_data_dir(config)
@@ -475,9 +457,9 @@ def test_report(config, model, data):
     test = split_clips(clips, data_dir, config)["test"]
     if not test:
         return {}
-    features = _waveforms(test, config).map(
-        lambda waveform, label: (log_mel(waveform, config)[..., None], label),
-        num_parallel_calls=tf.data.AUTOTUNE).batch(64)
+    features, _ = data_lib.make_pipeline(
+        clip_examples(test, config), shard=data_lib.Shard(), config=config, training=False,
+        prepare=lambda waveform, label: _features(waveform, label, config))
     predictions = np.argmax(model.predict(features, verbose=0), axis=-1)
     labels = np.array([clip.label for clip in test])
     groups = np.array([clip.speaker.split("-")[0] for clip in test])
@@ -490,31 +472,26 @@ def test_report(config, model, data):
     return report
 
 
-class SpeechServing(tf.Module):
+class SpeechServing(classification.ClassifierServing):
     """Raw 16 kHz float32 waveforms in [-1, 1], [batch, samples] of any length (padded or
     centre-cropped to ``clip_seconds``); label names and probabilities out."""
 
     def __init__(self, config, model, class_names):
-        super().__init__()
-        self.model = model
+        super().__init__(model, class_names)
         self.config = config
-        self.class_names = tf.constant(class_names)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
     def serve(self, waveform):
         length = clip_samples(self.config)
         fitted = tf.map_fn(lambda one: fit_length(one, length), waveform)
-        probabilities = tf.nn.softmax(self.model(log_mel(fitted, self.config)[..., None],
-                                                 training=False), axis=-1)
-        label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"label": tf.gather(self.class_names, label_ids), "label_id": label_ids,
-                "probabilities": probabilities}
+        return self.classify(log_mel(fitted, self.config)[..., None])
 
     def signatures(self):
         return {"serving_default": self.serve}
 
 
-def build_serving(config, model, data):
+def build_serving(config: SpeechConfig, model: keras.Model,
+                  data: data_lib.Data) -> SpeechServing:
     return SpeechServing(config, model, data.class_names)
 
 
@@ -524,8 +501,8 @@ RECIPE = recipe_lib.Recipe(
     config_class=SpeechConfig,
     build_data=build_data,
     build_model=build_model,
-    build_loss=common.build_loss,
-    build_metrics=common.build_metrics,
+    build_loss=classification.build_loss,
+    build_metrics=classification.build_metrics,
     build_serving=build_serving,
     build_reports=test_report,
     check_data=check_data,

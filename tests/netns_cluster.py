@@ -23,6 +23,8 @@ import socket
 import subprocess
 import time
 
+import helpers
+
 SUBNET = "10.77.0"
 BRIDGE = "tk0"
 
@@ -164,17 +166,9 @@ class Cluster:
 
     def processes_in(self, index, text):
         """PIDs in host ``index``'s namespace whose command line contains ``text``."""
-        found = []
         pids = subprocess.run(["ip", "netns", "pids", self.names[index]], capture_output=True,
                               text=True).stdout.split()
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as stream:
-                    if text.encode() in stream.read():
-                        found.append(int(pid))
-            except OSError:
-                pass
-        return found
+        return helpers.process_ids_mentioning(text, pids)
 
     def stop(self):
         for process in self.sshd:

@@ -5,16 +5,16 @@ import os
 
 import pytest
 
-from conftest import PYTHON, run
+from helpers import PYTHON, run
 
 pytestmark = pytest.mark.multiprocess
 
 
 @pytest.mark.timeout(600)
 def test_bench_measures_every_configuration_and_writes_its_report(tmp_path):
-    result = run([PYTHON, "-m", "toolkit.bench", "--recipe=image", "--np=1 2", "--repeats=1",
-                  "--steps=3", "--warmup=2", f"--output_root={tmp_path}", "--width=8",
-                  "--stages=2", "--batch_size_per_worker=32"], timeout=580)
+    result = run([PYTHON, "-m", "toolkit.launcher.bench", "--recipe=image", "--np=1 2",
+                  "--repeats=1", "--steps=3", "--warmup=2", f"--output_root={tmp_path}",
+                  "--width=8", "--stages=2", "--batch_size_per_worker=32"], timeout=580)
     [folder] = os.listdir(tmp_path / "image")
     directory = tmp_path / "image" / folder
     for name in ("results.json", "report.md", "scaling.png"):

@@ -2,19 +2,19 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import PYTHON, environment, launch, read_json, train_single
+from helpers import (event_scalars, launch, predict_in_fresh_process, read_json,
+                     tiny_arguments, train_single)
+from recipe_helpers import text_files
 from recipes import bert
-from recipes import text_data
+from toolkit import config as config_lib
 from toolkit import data as data_lib
-from toolkit import recipe as recipe_lib
+from toolkit import errors
 
-TINY = [f"--{key}={value}" for key, value in recipe_lib.get("bert").tiny_overrides.items()]
+TINY = tiny_arguments("bert")
 
 
 def sentence_embeddings(model, tokenizer, sentences):
@@ -28,9 +28,12 @@ def sentence_embeddings(model, tokenizer, sentences):
 
 
 SIMILARITY_TRIPLETS = [  # (anchor, paraphrase, unrelated)
-    ("A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply."),
-    ("The cat sleeps on the sofa.", "A kitten is napping on the couch.", "He repaired the engine."),
-    ("It is raining heavily today.", "There is a downpour this afternoon.", "She plays the violin."),
+    ("A man is eating food.", "A man is eating a piece of bread.",
+     "The stock market fell sharply."),
+    ("The cat sleeps on the sofa.", "A kitten is napping on the couch.",
+     "He repaired the engine."),
+    ("It is raining heavily today.", "There is a downpour this afternoon.",
+     "She plays the violin."),
 ]
 
 
@@ -66,21 +69,20 @@ def test_export_tokenizer_matches_the_training_tokenizer():
         vocab=[token for token, _ in vocabulary], token_out_type=tf.int32,
         lower_case_nfd_strip_accents=True)
     paths = bert._data_files(config)
-    texts = text_data.read(paths[1]).texts + ["Café déjà vu: naïve façade!", "日本語 text"]
+    texts = text_files.read(paths[1]).texts + ["Café déjà vu: naïve façade!", "日本語 text"]
     expected = [ids[1:-1] for ids in tokenizer(texts)["input_ids"]]
     got = in_graph.tokenize(tf.constant(texts)).to_list()
     mismatches = [text for text, a, b in zip(texts, expected, got) if a != b]
     assert len(mismatches) <= len(texts) // 1000, mismatches[:5]
 
 
+@pytest.mark.fast
 def test_config_errors():
-    from toolkit import config as config_lib
-
-    with pytest.raises(config_lib.ConfigError, match="need --pretrained=false"):
+    with pytest.raises(errors.ConfigError, match="need --pretrained=false"):
         config_lib.build(bert.BertConfig, {"num_hidden_layers": "2"})
-    with pytest.raises(config_lib.ConfigError, match="set both config keys"):
+    with pytest.raises(errors.ConfigError, match="set both config keys"):
         config_lib.build(bert.BertConfig, {"train_file": "x.csv"})
-    with pytest.raises(data_lib.DataError, match="model folder ./nowhere does not exist"):
+    with pytest.raises(errors.DataError, match="model folder ./nowhere does not exist"):
         bert.resolve_model_dir("./nowhere")
 
 
@@ -92,19 +94,8 @@ def test_tiny_bert_on_two_workers_learns_and_stays_identical(tmp_path):
             "--max_train_examples=1024", "--base_learning_rate=0.001", "--warmup_epochs=0.2"])
     summary = read_json(os.path.join(run_dir, "summary.json"))
     assert summary["weights_identical_on_all_ranks"] and summary["world_size"] == 2
-    losses = epoch_scalars(run_dir, "train", "epoch_loss")
+    losses = event_scalars(run_dir, "train", "epoch_loss")
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.05, losses
-
-
-def epoch_scalars(run_dir, split, tag):
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
-
-    accumulator = event_accumulator.EventAccumulator(
-        os.path.join(run_dir, "tensorboard", split), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    return [float(tensor_util.make_ndarray(event.tensor_proto))
-            for event in accumulator.Tensors(tag)]
 
 
 def write_pairs(path, count, separator):
@@ -149,6 +140,7 @@ pairs = model.signatures["serving_pairs"](text=tf.constant(texts), text_pair=tf.
 print("RESULT " + json.dumps({
     "labels": [label.decode() for label in single["label"].numpy()],
     "sums": single["probabilities"].numpy().sum(axis=1).tolist(),
+    "dtype": single["probabilities"].dtype.name,
     "pair_shape": list(pairs["probabilities"].shape)}))
 """
 
@@ -160,18 +152,15 @@ def test_short_pretrained_fine_tune_beats_chance_and_its_export_answers_raw_stri
                                    "--base_learning_rate=1e-4", "--log_every_steps=10"],
                  timeout=380)
     summary = read_json(os.path.join(run_dir, "summary.json"))
-    validation = text_data.read(bert._data_files(bert.BertConfig())[1])
+    validation = text_files.read(bert._data_files(bert.BertConfig())[1])
     majority = max(validation.labels.count(name) for name in set(validation.labels)) / len(
         validation.labels)
     assert summary["validation"]["accuracy"] > majority + 0.3, (summary["validation"], majority)
 
     texts, labels = validation.texts[:100], validation.labels[:100]
-    result = subprocess.run([PYTHON, "-c", PREDICT, os.path.join(run_dir, "export"),
-                             json.dumps(texts)], capture_output=True, text=True, timeout=120,
-                            env={**environment(), "PYTHONPATH": ""}, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    answer = json.loads(result.stdout.split("RESULT ", 1)[1])
-    assert np.allclose(answer["sums"], 1.0, atol=1e-4)
+    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export"),
+                                      json.dumps(texts), cwd=str(tmp_path))
+    assert np.allclose(answer["sums"], 1.0, atol=1e-4) and answer["dtype"] == "float32"
     assert answer["pair_shape"] == [100, 6]
     accuracy = np.mean([a == b for a, b in zip(answer["labels"], labels)])
     assert accuracy > majority + 0.3, accuracy
@@ -201,6 +190,7 @@ def test_local_folder_with_tensorflow_weights(tmp_path, run_dir):
     assert read_json(os.path.join(run_dir, "summary.json"))["global_steps"] == 2
 
 
+@pytest.mark.fast
 def test_a_hub_id_that_cannot_be_downloaded_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import importlib
@@ -208,5 +198,5 @@ def test_a_hub_id_that_cannot_be_downloaded_is_a_clear_error(monkeypatch):
     import huggingface_hub.constants
 
     importlib.reload(huggingface_hub.constants)
-    with pytest.raises(data_lib.DataError, match="could not download model 'no-such/model'"):
+    with pytest.raises(errors.DataError, match="could not download model 'no-such/model'"):
         bert.resolve_model_dir("no-such/model")

@@ -1,10 +1,15 @@
+"""Typed configs: overrides parsed by type, unknown keys and bad values named."""
+
 import dataclasses
 import typing
 
 import pytest
 
-from toolkit import config as config_lib
 from recipes import image
+from toolkit import config as config_lib
+from toolkit import errors
+
+pytestmark = pytest.mark.fast
 
 
 def test_overrides_are_parsed_by_declared_type():
@@ -23,7 +28,7 @@ def test_defaults_are_kept_when_not_overridden():
 
 
 def test_unknown_key_names_the_nearest_valid_key():
-    with pytest.raises(config_lib.ConfigError) as error:
+    with pytest.raises(errors.ConfigError) as error:
         config_lib.build(image.ImageConfig, {"epoch": "2"})
     assert "unknown config key 'epoch'" in str(error.value)
     assert "did you mean 'epochs'" in str(error.value)
@@ -36,7 +41,7 @@ def test_unknown_key_names_the_nearest_valid_key():
     ("optimizer", "adagrad", "valid values: 'adam', 'adamw', 'sgd'"),
 ])
 def test_wrong_type_names_key_value_and_what_is_valid(key, value, expected):
-    with pytest.raises(config_lib.ConfigError) as error:
+    with pytest.raises(errors.ConfigError) as error:
         config_lib.build(image.ImageConfig, {key: value})
     assert key in str(error.value) and expected in str(error.value)
 
@@ -44,14 +49,14 @@ def test_wrong_type_names_key_value_and_what_is_valid(key, value, expected):
 @pytest.mark.parametrize("key, value", [("epochs", "0"), ("batch_size_per_worker", "-1"),
                                         ("channels", "2"), ("base_learning_rate", "0")])
 def test_out_of_range_values_are_rejected(key, value):
-    with pytest.raises(config_lib.ConfigError, match=key):
+    with pytest.raises(errors.ConfigError, match=key):
         config_lib.build(image.ImageConfig, {key: value})
 
 
 def test_override_syntax_is_checked():
     assert config_lib.split_overrides(["--epochs=2", "--data-dir=/x=y"]) == {
         "epochs": "2", "data_dir": "/x=y"}
-    with pytest.raises(config_lib.ConfigError, match="--key=value"):
+    with pytest.raises(errors.ConfigError, match="--key=value"):
         config_lib.split_overrides(["epochs=2"])
 
 

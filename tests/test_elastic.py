@@ -3,14 +3,12 @@
 import os
 import signal
 import socket
-import subprocess
 import time
 
 import psutil
 import pytest
 
-from conftest import PROJECT_ROOT, PYTHON, environment, read_json
-from test_failures import wait_for, worker_pids
+from helpers import kill_session, read_json, start_launch, wait_for, worker_pids
 
 pytestmark = pytest.mark.multiprocess
 
@@ -28,22 +26,19 @@ def test_a_killed_worker_is_survived_and_replaced(tmp_path):
     hostfile.write_text("".join(f"{name} slots=1\n" for name in three_local_host_names()))
     run_dir = str(tmp_path / "elastic")
     epochs, steps = 8, 30
-    process = subprocess.Popen(
-        [PYTHON, "-m", "toolkit.launch", "--recipe=image", "--np=3", f"--hostfile={hostfile}",
+    process = start_launch(
+        ["--recipe=image", "--np=3", f"--hostfile={hostfile}",
          "--elastic", "--min_np=2", "--max_np=3", "--blacklist_cooldown=5,10",
          f"--run_dir={run_dir}", "--batch_size_per_worker=32", f"--epochs={epochs}",
          f"--max_steps_per_epoch={steps}", "--max_validation_examples=300",
-         "--elastic_commit_steps=5", "--intra_op_threads=1", "--export=false"],
-        cwd=PROJECT_ROOT, env=environment(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+         "--elastic_commit_steps=5", "--intra_op_threads=1", "--export=false"])
     try:
         assert wait_for(lambda: len(worker_pids(run_dir)) == 3, timeout=180)
         time.sleep(8)  # mid-epoch, some commits in
         os.kill(worker_pids(run_dir)[2], signal.SIGKILL)
         output, _ = process.communicate(timeout=500)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process)
     assert process.returncode == 0, output[-5000:]
     summary = read_json(os.path.join(run_dir, "summary.json"))
     sizes = [reset["world_size"] for reset in summary["elastic_resets"]]

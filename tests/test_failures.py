@@ -1,47 +1,23 @@
-"""Runs that die, stall, fill the disk or go NaN stop cleanly and keep their last good state."""
+"""Runs that die, stall, fill the disk, go NaN, lose their launcher or find a damaged
+checkpoint stop cleanly and keep their last good state."""
 
 import math
 import os
 import signal
+import socket
 import subprocess
+import textwrap
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import PROJECT_ROOT, PYTHON, TINY_IMAGE, environment, launch, read_json
-from test_resume_and_export import process_ids_mentioning
+from helpers import (PROJECT_ROOT, PYTHON, TINY_IMAGE, assert_nothing_left, checkpoint_steps,
+                     environment, kill_session, launch, read_json, start_launch, train_single,
+                     wait_for, worker_pids)
 
 pytestmark = pytest.mark.multiprocess
-
-
-def start(arguments):
-    return subprocess.Popen([PYTHON, "-m", "toolkit.launch", *arguments], cwd=PROJECT_ROOT,
-                            env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
-def wait_for(condition, timeout, interval=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
-
-
-def worker_pids(run_dir):
-    """{rank: pid} once the run has written config.json."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return {}
-    return {worker["rank"]: worker["pid"] for worker in read_json(path).get("workers", [])}
-
-
-def assert_nothing_left(run_dir):
-    assert wait_for(lambda: not process_ids_mentioning(run_dir), timeout=30), (
-        f"processes left behind: {process_ids_mentioning(run_dir)}")
 
 
 def long_run(run_dir, *extra):
@@ -49,10 +25,16 @@ def long_run(run_dir, *extra):
             "--max_steps_per_epoch=40", *extra]
 
 
+def faults(**values):
+    """The environment that asks the workers for test faults (see toolkit/worker/faults)."""
+    return environment(TOOLKIT_TEST_FAULTS=",".join(f"{key}={value}"
+                                                    for key, value in values.items()))
+
+
 @pytest.mark.timeout(200)
 def test_a_dead_worker_ends_the_job_quickly_naming_it(tmp_path):
     run_dir = str(tmp_path / "dead")
-    process = start(long_run(run_dir))
+    process = start_launch(long_run(run_dir))
     try:
         assert wait_for(lambda: len(worker_pids(run_dir)) == 2, timeout=120)
         time.sleep(2)  # let training get going
@@ -61,8 +43,7 @@ def test_a_dead_worker_ends_the_job_quickly_naming_it(tmp_path):
         stdout, stderr = process.communicate(timeout=90)
         elapsed = time.time() - killed_at
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process)
     assert process.returncode != 0
     assert elapsed < 60, elapsed
     assert "worker rank 1 on host localhost failed first (killed by SIGKILL)" in stderr
@@ -70,30 +51,26 @@ def test_a_dead_worker_ends_the_job_quickly_naming_it(tmp_path):
 
 
 @pytest.mark.timeout(200)
-def test_a_stalled_worker_is_detected_and_the_job_shut_down(tmp_path):
-    run_dir = str(tmp_path / "stalled")
-    process = start(long_run(run_dir, "--stall_check_seconds=5", "--stall_shutdown_seconds=10"))
-    stalled = None
+def test_a_hung_worker_is_detected_and_the_job_stopped_with_a_diagnosis(tmp_path):
+    """Rank 1 hangs inside step 15 (alive, its Horovod thread running, but never reaching
+    the allreduce: stuck I/O, a deadlock). Without the toolkit's watchdog every rank
+    waits forever."""
+    run_dir = str(tmp_path / "hung")
+    process = start_launch(long_run(run_dir, "--stall_check_seconds=5",
+                                    "--stall_shutdown_seconds=10"),
+                           env=faults(stall_at_step=15, stall_rank=1))
     try:
-        assert wait_for(lambda: len(worker_pids(run_dir)) == 2, timeout=120)
-        time.sleep(2)
-        stalled = worker_pids(run_dir)[1]
-        stopped_at = time.time()
-        os.kill(stalled, signal.SIGSTOP)  # alive but stuck, as in a hung kernel or I/O
-        stdout, stderr = process.communicate(timeout=120)
-        elapsed = time.time() - stopped_at
+        stdout, stderr = process.communicate(timeout=150)
     finally:
-        if stalled:
-            for sig in (signal.SIGKILL, signal.SIGCONT):
-                try:
-                    os.kill(stalled, sig)
-                except ProcessLookupError:
-                    pass
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process)
     assert process.returncode != 0
-    assert "stall" in (stdout + stderr).lower()
-    assert elapsed < 60, elapsed
+    assert "rank 1: no batch has finished for" in stderr
+    assert "more than stall_shutdown_seconds=10" in stderr
+    assert "(last finished global step: 14)" in stderr
+    # The launcher's one-line diagnosis, from the worker's exit code.
+    assert "[launch] the job stalled: no worker finished a batch for longer than " \
+           "stall_shutdown_seconds" in stderr, stderr[-3000:]
+    assert read_json(os.path.join(run_dir, "config.json"))["workers"]
     assert_nothing_left(run_dir)
 
 
@@ -101,8 +78,8 @@ def test_a_stalled_worker_is_detected_and_the_job_shut_down(tmp_path):
 def test_nan_stops_every_worker_at_the_same_step_and_keeps_the_last_checkpoint(tmp_path):
     run_dir = str(tmp_path / "nan")
     result = launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
-                     "--epochs=2", "--max_steps_per_epoch=10", "--checkpoint_every_steps=5",
-                     "--debug_nan_at_step=13", "--debug_nan_rank=1"], check=False)
+                     "--epochs=2", "--max_steps_per_epoch=10", "--checkpoint_every_steps=5"],
+                    check=False, env=faults(nan_at_step=13, nan_rank=1))
     assert result.returncode != 0
     assert "became NaN/Inf at global step 13" in result.stderr
     assert "last good checkpoint is" in result.stderr and "ckpt-10" in result.stderr
@@ -120,8 +97,8 @@ def test_nan_stops_every_worker_at_the_same_step_and_keeps_the_last_checkpoint(t
 def test_nan_steps_can_be_skipped_on_every_worker(tmp_path):
     run_dir = str(tmp_path / "skip")
     launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE, "--epochs=2",
-            "--max_steps_per_epoch=10", "--on_nonfinite=skip", "--debug_nan_at_step=13",
-            "--debug_nan_rank=0"])
+            "--max_steps_per_epoch=10", "--on_nonfinite=skip"],
+           env=faults(nan_at_step=13, nan_rank=0))
     summary = read_json(os.path.join(run_dir, "summary.json"))
     assert summary["nonfinite_steps_skipped"] == 1
     assert summary["global_steps"] == summary["planned_global_steps"] == 20
@@ -150,17 +127,16 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(small_disk):
     arguments = ["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
                  "--epochs=3", "--max_steps_per_epoch=40", "--checkpoint_every_steps=10",
                  "--export=false", "--log_every_steps=1000"]
-    process = start(arguments)
+    process = start_launch(arguments)
     filler = small_disk / "filler"
     try:
-        checkpoints = os.path.join(run_dir, "checkpoints", "checkpoint")
-        assert wait_for(lambda: os.path.exists(checkpoints), timeout=150)
+        pointer = os.path.join(run_dir, "checkpoints", "checkpoint")
+        assert wait_for(lambda: os.path.exists(pointer), timeout=150)
         # Fill the disk: the next checkpoint cannot be written.
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
         stdout, stderr = process.communicate(timeout=150)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process)
     assert process.returncode != 0
     assert "No space left on device" in stdout + stderr
     kept = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
@@ -172,24 +148,90 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(small_disk):
     assert summary["global_steps"] == summary["planned_global_steps"]
 
 
-@pytest.mark.timeout(500)
-def test_killing_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(tmp_path):
-    run_dir = str(tmp_path / "kills")
-    # A checkpoint every step, so that most kills land in the middle of a write.
+@pytest.mark.timeout(400)
+def test_a_kill_while_a_checkpoint_is_being_written_keeps_the_previous_one(tmp_path):
+    run_dir = str(tmp_path / "kill")
+    marker = str(tmp_path / "paused-in-save")
     arguments = ["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
-                 "--epochs=2", "--max_steps_per_epoch=30", "--checkpoint_every_steps=1",
-                 "--export=false", "--log_every_steps=1000"]
-    pointer = os.path.join(run_dir, "checkpoints", "checkpoint")
-    for attempt in range(3):
-        process = start(arguments)
-        wait_for(lambda: os.path.exists(pointer), timeout=150)
-        time.sleep(0.3 + 0.37 * attempt)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate(timeout=30)
-        assert_nothing_left(run_dir)
-        latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-        reader = tf.train.load_checkpoint(latest)  # raises if the files are incomplete
-        assert reader.get_variable_to_shape_map()
+                 "--epochs=2", "--max_steps_per_epoch=20", "--checkpoint_every_steps=5",
+                 "--export=false"]
+    # The chief pauses inside its 3rd checkpoint save, after the files of ckpt-15 are
+    # written and before the pointer moves to them; the whole job is killed right there.
+    process = start_launch(arguments, env=faults(pause_at_checkpoint=3, pause_marker=marker),
+                           output=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: os.path.exists(marker) and os.path.getsize(marker),
+                        timeout=180), "the run never reached its 3rd checkpoint"
+    finally:
+        kill_session(process)
+    with open(marker) as stream:
+        interrupted = stream.read()
+    assert interrupted.endswith("ckpt-15")
+    assert os.path.exists(interrupted + ".index"), "the kill did not land inside the save"
+    assert_nothing_left(run_dir)
+    # The pointer still names the last complete checkpoint, which restores.
+    assert checkpoint_steps(run_dir)[-1] == 10
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    assert tf.train.load_checkpoint(latest).get_variable_to_shape_map()
     launch(arguments)
     summary = read_json(os.path.join(run_dir, "summary.json"))
-    assert summary["global_steps"] == summary["planned_global_steps"] == 60
+    assert summary["resumed_from_step"] == 10
+    assert summary["global_steps"] == summary["planned_global_steps"] == 40
+
+
+@pytest.mark.timeout(300)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    run_dir = str(tmp_path / "damaged")
+    arguments = TINY_IMAGE + ["--max_steps_per_epoch=5", "--export=false"]
+    train_single(run_dir, "image", arguments + ["--epochs=2"])
+    assert checkpoint_steps(run_dir) == [5, 10]
+    newest = os.path.join(run_dir, "checkpoints", "ckpt-10")
+    for name in os.listdir(os.path.join(run_dir, "checkpoints")):
+        if name.startswith("ckpt-10.data"):
+            with open(os.path.join(run_dir, "checkpoints", name), "r+b") as stream:
+                stream.truncate(16)  # a disk that lied about the write
+    result = train_single(run_dir, "image", arguments + ["--epochs=3"])
+    assert f"skipped unreadable checkpoints: {newest}" in result.stdout
+    assert "resuming from ckpt-5" in result.stdout
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["resumed_from_step"] == 5
+    assert summary["global_steps"] == summary["planned_global_steps"] == 15
+
+
+LIFELINE_WORKER = textwrap.dedent("""
+    import time
+    from toolkit.worker import guards
+    guards.start_lifeline(interval_seconds=0.2, misses_allowed=3)
+    print("working", flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_whose_launcher_is_gone_exits_by_itself():
+    """Workers started over ssh outlive a killed launcher unless the lifeline ends them.
+    The lifeline watches the address horovodrun gives every worker (its rendezvous
+    server); here a plain TCP server plays that part and then goes away."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    worker = subprocess.Popen(
+        [PYTHON, "-c", LIFELINE_WORKER], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env=environment(HOROVOD_GLOO_RENDEZVOUS_ADDR="127.0.0.1",
+                        HOROVOD_GLOO_RENDEZVOUS_PORT=str(port), HOROVOD_RANK="3"))
+    try:
+        assert worker.stdout.readline() == "working\n"
+        time.sleep(2)  # ten checks while the launcher is there: the worker keeps working
+        assert worker.poll() is None
+        server.close()
+        gone_at = time.time()
+        worker.wait(timeout=30)
+        elapsed = time.time() - gone_at
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        server.close()
+    assert worker.returncode == 75
+    assert elapsed < 5, elapsed
+    assert f"rank 3: lost the launcher at 127.0.0.1:{port}; exiting" in worker.stderr.read()

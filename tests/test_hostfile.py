@@ -1,6 +1,11 @@
+"""Hostfiles: comments and blank lines accepted, every bad line named with its fix."""
+
 import pytest
 
-from toolkit import hostfile
+from toolkit import errors
+from toolkit.launcher import hostfile
+
+pytestmark = pytest.mark.fast
 
 
 def parse(text, path="hosts"):
@@ -33,7 +38,7 @@ def test_comments_blank_lines_names_and_addresses():
     ("fe80::1 slots=1", "IPv6 address"),
 ])
 def test_each_bad_line_names_file_line_text_and_what_is_valid(line, problem):
-    with pytest.raises(hostfile.HostfileError) as error:
+    with pytest.raises(errors.HostfileError) as error:
         parse(f"# header\n{line}\n", path="hostfiles/bad")
     message = str(error.value)
     assert message.startswith(f"hostfiles/bad:2: {line!r}")
@@ -47,22 +52,22 @@ def test_optional_ssh_port():
 
 
 def test_duplicate_host_names_both_lines():
-    with pytest.raises(hostfile.HostfileError) as error:
+    with pytest.raises(errors.HostfileError) as error:
         parse("a slots=1\nb slots=1\nA slots=2\n", path="h")
     assert "h:3:" in str(error.value) and "already listed on line 1" in str(error.value)
 
 
 def test_empty_and_missing_files():
-    with pytest.raises(hostfile.HostfileError, match="no hosts"):
+    with pytest.raises(errors.HostfileError, match="no hosts"):
         parse("# nothing\n\n")
-    with pytest.raises(hostfile.HostfileError, match="cannot read hostfile /nonexistent"):
+    with pytest.raises(errors.HostfileError, match="cannot read hostfile /nonexistent"):
         hostfile.parse("/nonexistent")
 
 
 def test_np_larger_than_slots():
     hosts = parse("a slots=2\nb slots=1\n")
     hostfile.check_np("h", hosts, 3)
-    with pytest.raises(hostfile.HostfileError, match="NP=4 is more than the 3 slots in h"):
+    with pytest.raises(errors.HostfileError, match="NP=4 is more than the 3 slots in h"):
         hostfile.check_np("h", hosts, 4)
 
 

@@ -7,10 +7,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import read_json, train_single
+from helpers import read_json, train_single
 from recipes import image
 from toolkit import config as config_lib
 from toolkit import data as data_lib
+from toolkit import errors
 
 CLASSES = ["boot", "coat", "shirt"]
 
@@ -31,6 +32,7 @@ def build(overrides, shard=data_lib.Shard()):
     return image.build_data(config, shard)
 
 
+@pytest.mark.fast
 def test_folder_with_held_out_split(tmp_path):
     make_folder(str(tmp_path), per_class=10)
     data = build({"data_dir": str(tmp_path), "validation_fraction": "0.2", "channels": "3",
@@ -43,6 +45,7 @@ def test_folder_with_held_out_split(tmp_path):
     assert set(labels.numpy()) <= {0, 1, 2}
 
 
+@pytest.mark.fast
 def test_folder_with_train_and_validation_subfolders_sharded(tmp_path):
     make_folder(str(tmp_path / "train"), per_class=5, mode="L", extension="jpg")
     make_folder(str(tmp_path / "validation"), per_class=2, mode="L", extension="jpg")
@@ -61,6 +64,7 @@ def write_tfrecord(path, labels):
             })).SerializeToString())
 
 
+@pytest.mark.fast
 def test_tfrecords(tmp_path):
     path = str(tmp_path / "train.tfrecord")
     write_tfrecord(path, [index % 2 for index in range(8)])
@@ -70,31 +74,46 @@ def test_tfrecords(tmp_path):
     assert sorted(int(label) for _, labels in data.validation for label in labels) == [1, 1, 1, 1]
     bad = str(tmp_path / "bad.tfrecord")
     write_tfrecord(bad, [0, 1, 5])
-    with pytest.raises(data_lib.DataError, match="label 5, outside 0..1"):
+    with pytest.raises(errors.DataError, match="label 5, outside 0..1"):
         build({"train_files": bad, "validation_files": path, "num_classes": "2"})
 
 
+@pytest.mark.fast
 def test_empty_class_folder_is_named(tmp_path):
     make_folder(str(tmp_path))
     os.makedirs(tmp_path / "dress")
-    with pytest.raises(data_lib.DataError, match=f"class folder {tmp_path}/dress has no images"):
+    with pytest.raises(errors.DataError, match=f"class folder {tmp_path}/dress has no images"):
         build({"data_dir": str(tmp_path)})
 
 
+@pytest.mark.fast
 def test_missing_paths_are_named(tmp_path):
-    with pytest.raises(data_lib.DataError, match=f"image folder {tmp_path}/nope does not exist"):
+    with pytest.raises(errors.DataError, match=f"image folder {tmp_path}/nope does not exist"):
         build({"data_dir": str(tmp_path / "nope")})
-    with pytest.raises(data_lib.DataError, match="no TFRecord files match"):
+    with pytest.raises(errors.DataError, match="no TFRecord files match"):
         build({"train_files": str(tmp_path / "*.tfrecord"), "validation_files": "x",
                "num_classes": "3"})
-    with pytest.raises(data_lib.DataError, match="install the Debian package"):
+    with pytest.raises(errors.DataError, match="install the Debian package"):
         build({"fashion_mnist_dir": str(tmp_path)})
 
 
+@pytest.mark.fast
+def test_unreadable_images_are_refused_or_skipped_and_reported(tmp_path):
+    make_folder(str(tmp_path), per_class=4)
+    (tmp_path / "coat" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(errors.DataError, match=r"1 unusable images in .*--bad_images=skip"):
+        build({"data_dir": str(tmp_path)})
+    data = build({"data_dir": str(tmp_path), "bad_images": "skip", "validation_fraction": "0.25"})
+    assert (data.train_examples, data.validation_examples) == (9, 3)
+    assert "skipped 1 unusable files" in data.description
+    assert "coat/broken.png cannot be read as an image" in data.description
+
+
+@pytest.mark.fast
 def test_truncated_idx_file_is_rejected(tmp_path):
     path = tmp_path / "bad-idx1-ubyte"
     path.write_bytes(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + bytes(10))
-    with pytest.raises(data_lib.DataError, match="truncated"):
+    with pytest.raises(errors.DataError, match="truncated"):
         image.read_idx(str(path))
 
 

@@ -1,40 +1,68 @@
-"""The launcher refuses bad input before anything starts."""
+"""The launcher refuses bad input before anything starts; user errors and bugs differ."""
 
 import os
 
-from conftest import launch
+import pytest
+
+from helpers import PYTHON, WORKER, launch, run
 from recipes import image
+from toolkit import errors
+from toolkit import recipe as recipe_lib
+from toolkit import run_folder
+from toolkit.launcher import launch as launch_lib
 
 
-def test_dry_run_builds_the_horovodrun_command(tmp_path):
-    result = launch(["--recipe=image", "--np=2", f"--run_dir={tmp_path}/r", "--dry_run",
-                     "--epochs=1"], timeout=120)
-    line = next(line for line in result.stdout.splitlines() if line.startswith("[launch]"))
+
+@pytest.mark.fast
+def test_dry_run_builds_the_horovodrun_command(tmp_path, capsys):
+    assert launch_lib.main(["--recipe=image", "--np=2", f"--run_dir={tmp_path}/r",
+                            "--dry_run", "--epochs=1"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("[launch]"))
     assert "horovodrun -np 2 --gloo" in line and " -H localhost:2 " in line
-    assert f"-m toolkit.train recipe=image run_dir={tmp_path}/r epochs=1" in line
+    assert f"-m {WORKER} recipe=image run_dir={tmp_path}/r epochs=1" in line
 
 
-def expect_refusal(arguments, *fragments):
-    result = launch(arguments, timeout=120, check=False)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Nothing was launched." in result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
-    assert "horovodrun" not in result.stdout
+@pytest.fixture
+def expect_refusal(capsys):
+    """Run the launcher (in this process) on ``arguments``; check it refused them with a
+    user error naming every fragment, and started nothing."""
+    def check(arguments, *fragments):
+        code = launch_lib.main(arguments)
+        captured = capsys.readouterr()
+        assert code == errors.USER_ERROR_EXIT_CODE, captured.out + captured.err
+        assert "Nothing was launched." in captured.err
+        for fragment in fragments:
+            assert fragment in captured.err, captured.err
+        assert "horovodrun" not in captured.out
+    return check
 
 
-def test_unknown_recipe_lists_the_known_ones(tmp_path):
+def test_a_refusal_from_the_command_line_is_one_line_and_exit_2(tmp_path):
+    result = launch(["--recipe=image", f"--run_dir={tmp_path}/r", "--epoch=3"], timeout=120,
+                    check=False)
+    assert result.returncode == errors.USER_ERROR_EXIT_CODE
+    assert result.stderr.splitlines()[0].startswith(
+        "error: unknown config key 'epoch' for ImageConfig; did you mean 'epochs'?")
+    assert result.stderr.splitlines()[1:] == ["Nothing was launched."]
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.fast
+def test_unknown_recipe_lists_the_known_ones(tmp_path, expect_refusal):
     expect_refusal(["--recipe=imag", f"--run_dir={tmp_path}/r"],
                    "unknown recipe 'imag'", "known recipes: bert, image",
                    "did you mean 'image'")
 
 
-def test_unknown_config_key(tmp_path):
+@pytest.mark.fast
+def test_unknown_config_key(tmp_path, expect_refusal):
     expect_refusal(["--recipe=image", f"--run_dir={tmp_path}/r", "--epoch=3"],
                    "did you mean 'epochs'")
 
 
-def test_bad_np_and_hostfile(tmp_path):
+@pytest.mark.fast
+def test_bad_np_and_hostfile(tmp_path, expect_refusal):
     expect_refusal(["--recipe=image", "--np=zero"], "NP must be a whole number")
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost slots=2\nlocalhost slots=1\n")
@@ -44,7 +72,8 @@ def test_bad_np_and_hostfile(tmp_path):
                    "NP=3 is more than the 2 slots")
 
 
-def test_run_dir_of_another_recipe_or_config_is_not_touched(tmp_path):
+@pytest.mark.fast
+def test_run_dir_of_another_recipe_or_config_is_not_touched(tmp_path, expect_refusal):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"recipe": "speech", "config": {}}')
@@ -55,7 +84,8 @@ def test_run_dir_of_another_recipe_or_config_is_not_touched(tmp_path):
     assert os.listdir(run_dir) == ["config.json"]
 
 
-def test_read_only_run_dir(tmp_path):
+@pytest.mark.fast
+def test_read_only_run_dir(tmp_path, expect_refusal):
     parent = tmp_path / "readonly"
     parent.mkdir()
     parent.chmod(0o500)
@@ -69,18 +99,16 @@ def test_read_only_run_dir(tmp_path):
         parent.chmod(0o700)
 
 
+@pytest.mark.fast
 def test_resuming_with_other_classes_is_refused(tmp_path):
-    from toolkit import run_folder
-
     (tmp_path / "config.json").write_text('{"recipe": "bert", "class_names": ["a", "b"]}')
     run_folder.check_same_classes(str(tmp_path), ["a", "b"])
-    import pytest
-
-    with pytest.raises(run_folder.RunFolderError, match=r"trained on classes \['a', 'b'\]"):
+    with pytest.raises(errors.RunFolderError, match=r"trained on classes \['a', 'b'\]"):
         run_folder.check_same_classes(str(tmp_path), ["a", "c"])
 
 
-def test_bad_data_is_refused_before_launch(tmp_path):
+@pytest.mark.fast
+def test_bad_data_is_refused_before_launch(tmp_path, expect_refusal):
     expect_refusal(["--recipe=image", f"--data_dir={tmp_path}/missing"],
                    f"image folder {tmp_path}/missing does not exist")
     (tmp_path / "images" / "cat").mkdir(parents=True)
@@ -93,10 +121,56 @@ def test_bad_data_is_refused_before_launch(tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "images" / "dog" / "b.png")
     (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"not a png at all")
     expect_refusal(["--recipe=image", f"--data_dir={tmp_path}/images"],
-                   "1 unreadable image files", "broken.png cannot be read as an image",
+                   "1 unusable images in", "broken.png cannot be read as an image",
                    "--bad_images=skip")
     expect_refusal(["--recipe=bert", f"--train_file={tmp_path}/none.csv",
                     f"--validation_file={tmp_path}/none.csv"],
                    f"cannot read text data file {tmp_path}/none.csv")
     expect_refusal(["--recipe=speech", f"--data_dir={tmp_path}/no-audio"],
-                   f"speech data folder {tmp_path}/no-audio does not exist")
+                   f"speech folder {tmp_path}/no-audio does not exist")
+
+
+@pytest.mark.fast
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """Entry points catch only UserError: exit 2 with the message. Any other exception
+    (here a ValueError, as TensorFlow raises for its own bugs) is not mistaken for the
+    user's: it propagates with its traceback."""
+    def refuse(name):
+        raise errors.UnknownRecipeError(f"unknown recipe {name!r}")
+
+    monkeypatch.setattr(recipe_lib, "get", refuse)
+    assert launch_lib.main(["--recipe=x"]) == errors.USER_ERROR_EXIT_CODE
+    assert "error: unknown recipe 'x'\nNothing was launched." in capsys.readouterr().err
+
+    def crash(name):
+        raise ValueError("Tensor shapes are incompatible (a bug, not the user's input)")
+
+    monkeypatch.setattr(recipe_lib, "get", crash)
+    with pytest.raises(ValueError, match="Tensor shapes are incompatible"):
+        launch_lib.main(["--recipe=x"])
+
+
+BUG_IN_WORKER = r"""
+import sys
+from toolkit import recipe
+def crash(name):
+    raise ValueError("Tensor shapes are incompatible (a bug, not the user's input)")
+recipe.get = crash
+from toolkit.worker import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.multiprocess
+def test_a_bug_in_a_worker_exits_with_its_traceback_not_as_a_user_error(tmp_path):
+    bug = run([PYTHON, "-c", BUG_IN_WORKER, "--recipe=image", f"--run_dir={tmp_path}/r"],
+              timeout=120, check=False)
+    assert bug.returncode == 1
+    assert "Traceback" in bug.stderr and "ValueError: Tensor shapes are incompatible" in bug.stderr
+    user = run([PYTHON, "-m", WORKER, "--recipe=image", f"--run_dir={tmp_path}/r", "--epochs=0"],
+               timeout=120, check=False)
+    assert user.returncode == errors.USER_ERROR_EXIT_CODE
+    assert "Traceback" not in user.stderr
+    assert user.stderr.strip().splitlines()[-1] == (
+        "[toolkit] error: config key 'epochs' has invalid value 0: it must be an integer >= 1")
+

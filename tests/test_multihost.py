@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from conftest import PROJECT_ROOT, TINY_IMAGE, environment, read_json
 import netns_cluster
+from helpers import PROJECT_ROOT, TINY_IMAGE, environment, read_json
 
 AVAILABLE, WHY_NOT = netns_cluster.available()
 # Outside CI (no root) the test skips; CI sets TOOLKIT_REQUIRE_MULTIHOST=1 so that a machine
@@ -27,7 +27,7 @@ def cluster(tmp_path):
 
 def make(target, variables, timeout):
     command = ["make", "--no-print-directory", target] + [f"{key}={value}"
-                                                         for key, value in variables.items()]
+                                                          for key, value in variables.items()]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=environment(), capture_output=True,
                           text=True, timeout=timeout)
 
@@ -71,7 +71,7 @@ def test_unreachable_host_fails_fast_naming_it(cluster, tmp_path):
     assert "10.77.0.11 is not" not in result.stderr
     assert elapsed < 5 + 30, elapsed  # the timeout plus start-up, not ssh's 2-minute default
     for index in (0, 1):
-        assert cluster.processes_in(index, "toolkit.train") == []
+        assert cluster.processes_in(index, "toolkit.worker.train") == []
     assert not os.path.exists(os.path.join(run_dir, "config.json"))
 
 

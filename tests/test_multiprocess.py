@@ -1,48 +1,35 @@
-"""Two Horovod workers on localhost, through the launcher and under horovodrun."""
+"""Two Horovod workers on localhost: identical weights, gradients averaged, the learning
+rate following the global batch, validation metrics over all workers' data."""
 
-import json
 import os
-import re
 
+import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.util import tensor_util
+import tensorflow as tf
 
-from conftest import TINY_IMAGE, horovodrun, launch, read_json
+from helpers import (PYTHON, TINY_IMAGE, event_scalars, horovodrun, launch,
+                     predict_in_fresh_process, read_json, results, run)
+from recipes import image
 
 pytestmark = pytest.mark.multiprocess
-
-
-def results(stdout):
-    """The RESULT lines of every rank, by rank."""
-    found = [json.loads(match) for match in re.findall(r"RESULT (\{.*\})", stdout)]
-    return {result["rank"]: result for result in found}
-
-
-def step_scalars(run_dir, tag):
-    accumulator = event_accumulator.EventAccumulator(
-        os.path.join(run_dir, "tensorboard", "train"), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    return [float(tensor_util.make_ndarray(event.tensor_proto))
-            for event in accumulator.Tensors(tag)]
 
 
 @pytest.mark.timeout(400)
 def test_two_workers_end_with_identical_weights_and_scaled_lr(tmp_path):
     # Peak LR from the first step (no warm-up, no decay), so every logged step shows it.
-    arguments = TINY_IMAGE + ["--epochs=2", "--max_steps_per_epoch=10", "--warmup_epochs=0",
-                              "--lr_decay=none", "--base_learning_rate=0.001"]
-    for np in (1, 2):
-        run_dir = str(tmp_path / f"np{np}")
-        launch(["--recipe=image", f"--np={np}", f"--run_dir={run_dir}"] + arguments)
-        summary = read_json(os.path.join(run_dir, "summary.json"))
-        assert summary["world_size"] == np
-        assert summary["global_steps"] == 20
-        assert len(summary["weights_sha256_per_rank"]) == np
-        assert len(set(summary["weights_sha256_per_rank"])) == 1
-        assert summary["weights_identical_on_all_ranks"] is True
-        rates = step_scalars(run_dir, "step/learning_rate")
-        assert rates and all(rate == pytest.approx(0.001 * np) for rate in rates)
+    # (NP=1 against NP=2 on the same global batch is the SGD equivalence test below.)
+    run_dir = str(tmp_path / "np2")
+    launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}"] + TINY_IMAGE + [
+        "--epochs=2", "--max_steps_per_epoch=10", "--warmup_epochs=0", "--lr_decay=none",
+        "--base_learning_rate=0.001"])
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["world_size"] == 2
+    assert summary["global_steps"] == 20
+    assert len(summary["weights_sha256_per_rank"]) == 2
+    assert len(set(summary["weights_sha256_per_rank"])) == 1
+    assert summary["weights_identical_on_all_ranks"] is True
+    rates = event_scalars(run_dir, "train", "step/learning_rate")
+    assert rates and all(rate == pytest.approx(0.002) for rate in rates)
 
 
 @pytest.mark.timeout(300)
@@ -50,15 +37,73 @@ def test_without_distributed_optimizer_weights_differ():
     """The control: the same hash comparison detects workers that drifted apart."""
     hashes = {}
     for mode in ("distributed", "local"):
-        by_rank = results(horovodrun(2, ["tests/workers/consistency.py", "weights", mode]).stdout)
+        by_rank = results(horovodrun(2, ["tests/workers/consistency.py", mode]).stdout)
         hashes[mode] = {by_rank[0]["sha256"], by_rank[1]["sha256"]}
     assert len(hashes["distributed"]) == 1
     assert len(hashes["local"]) == 2
 
 
-@pytest.mark.timeout(200)
-def test_metrics_are_averaged_over_workers():
-    by_rank = results(horovodrun(2, ["tests/workers/consistency.py", "metrics"]).stdout)
-    for rank in (0, 1):
-        assert by_rank[rank]["logs"]["loss"] == pytest.approx(1.5)
-        assert by_rank[rank]["logs"]["accuracy"] == pytest.approx(0.375)
+def final_kernel(run_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+        os.path.join(run_dir, "checkpoints")))
+    [name] = [name for name in reader.get_variable_to_shape_map()
+              if name.startswith("model/") and name.endswith("kernel/.ATTRIBUTES/VARIABLE_VALUE")]
+    return reader.get_tensor(name)
+
+
+@pytest.mark.timeout(300)
+def test_two_workers_on_a_global_batch_take_the_steps_one_worker_takes(tmp_path):
+    """Plain SGD, 16 steps of a fixed global batch of 64: NP=2 (32 each, gradients
+    averaged, learning rate for the global batch) ends where NP=1 (64) ends. Summed
+    gradients, or a learning rate scaled by the number of workers instead of the global
+    batch, would double the steps of one of them."""
+    settings = ["global_batch_size=64", "batch_size_per_worker=32", "epochs=2"]
+    one = str(tmp_path / "np1")
+    run([PYTHON, "tests/workers/sgd_equivalence.py", one, *settings], timeout=200)
+    two = str(tmp_path / "np2")
+    horovodrun(2, ["tests/workers/sgd_equivalence.py", two, *settings], timeout=200)
+    for run_dir in (one, two):
+        summary = read_json(os.path.join(run_dir, "summary.json"))
+        assert summary["global_batch_size"] == 64 and summary["global_steps"] == 16
+    initial_scale = np.abs(final_kernel(one)).mean()
+    assert initial_scale > 0.1
+    np.testing.assert_allclose(final_kernel(two), final_kernel(one), rtol=1e-4, atol=1e-6)
+
+
+PREDICT_PIXELS = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+pixels = np.load(sys.argv[2])
+out = model.signatures["serving_pixels"](pixels=tf.constant(pixels))
+print("RESULT " + json.dumps({"probabilities": out["probabilities"].numpy().tolist()}))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_reported_validation_metrics_are_those_of_all_workers_data(tmp_path):
+    """Each rank validates its own shard (even / odd examples); the reported metrics must
+    be those of the union, not of rank 0's half."""
+    run_dir = str(tmp_path / "run")
+    count = 400
+    launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE, "--epochs=1",
+            "--max_steps_per_epoch=15", f"--max_validation_examples={count}"])
+    reported = read_json(os.path.join(run_dir, "summary.json"))["validation"]
+    images, labels = image.fashion_mnist_split(image.ImageConfig().fashion_mnist_dir, "t10k")
+    pixels_path = str(tmp_path / "pixels.npy")
+    np.save(pixels_path, images[:count, ..., None])
+    probabilities = np.array(predict_in_fresh_process(
+        PREDICT_PIXELS, os.path.join(run_dir, "export"), pixels_path,
+        cwd=str(tmp_path))["probabilities"])
+    labels = labels[:count]
+    correct = np.argmax(probabilities, axis=1) == labels
+    losses = -np.log(probabilities[np.arange(count), labels])
+    union, rank0, rank1 = correct.mean(), correct[0::2].mean(), correct[1::2].mean()
+    # The halves differ, so a metric of one half alone would be caught.
+    assert abs(rank0 - union) > 2 / count and abs(rank1 - union) > 2 / count, (rank0, rank1)
+    # One prediction may flip between batchings of the same weights; no more.
+    assert abs(reported["accuracy"] - union) <= 1 / count + 1e-6, (reported, union)
+    assert reported["loss"] == pytest.approx(losses.mean(), rel=1e-5)
+    for half in (losses[0::2], losses[1::2]):
+        assert abs(reported["loss"] - half.mean()) > 1e-3

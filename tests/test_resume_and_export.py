@@ -2,33 +2,17 @@
 
 import io
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import PROJECT_ROOT, PYTHON, TINY_IMAGE, environment, launch, read_json, run
+from helpers import (TINY_IMAGE, assert_nothing_left, kill_session, launch,
+                     predict_in_fresh_process, read_json, start_launch)
 from recipes import image
 
 pytestmark = pytest.mark.multiprocess
-
-
-def process_ids_mentioning(text):
-    """PIDs of live processes whose command line contains ``text``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as stream:
-                if text.encode() in stream.read():
-                    found.append(int(entry))
-        except OSError:
-            pass
-    return found
 
 
 @pytest.mark.timeout(400)
@@ -38,22 +22,16 @@ def test_killed_run_resumes_from_its_last_epoch_and_ends_on_plan(tmp_path):
     arguments = ["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
                  "--width=16", "--stages=3", f"--epochs={epochs}",
                  f"--max_steps_per_epoch={steps_per_epoch}"]
-    first = subprocess.Popen([PYTHON, "-m", "toolkit.launch", *arguments], cwd=PROJECT_ROOT,
-                             env=environment(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = start_launch(arguments, output=subprocess.DEVNULL)
     pointer = os.path.join(run_dir, "checkpoints", "checkpoint")
     deadline = time.time() + 240
     while not os.path.exists(pointer) and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     # Kill the launcher, horovodrun and both workers as a machine failure would.
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=30)
+    kill_session(first)
     assert os.path.exists(pointer), "the first run never wrote a checkpoint"
     assert not os.path.exists(os.path.join(run_dir, "summary.json")), "killed too late"
-    deadline = time.time() + 30
-    while process_ids_mentioning(run_dir) and time.time() < deadline:
-        time.sleep(0.5)
-    assert process_ids_mentioning(run_dir) == [], "workers of the killed run are still alive"
+    assert_nothing_left(run_dir)
 
     launch(arguments, timeout=300)  # the same command again
     summary = read_json(os.path.join(run_dir, "summary.json"))
@@ -81,10 +59,11 @@ stored = np.load(images_path, allow_pickle=False)
 encoded = model.signatures["serving_default"](images=tf.constant(list(stored["png"])))
 pixels = model.signatures["serving_pixels"](pixels=tf.constant(stored["pixels"]))
 print("RESULT " + json.dumps({
-    "names": [name.decode() for name in encoded["class_name"].numpy()],
-    "ids": encoded["class_id"].numpy().tolist(),
-    "pixel_ids": pixels["class_id"].numpy().tolist(),
-    "sums": encoded["probabilities"].numpy().sum(axis=1).tolist()}))
+    "names": [name.decode() for name in encoded["label"].numpy()],
+    "ids": encoded["label_id"].numpy().tolist(),
+    "pixel_ids": pixels["label_id"].numpy().tolist(),
+    "sums": encoded["probabilities"].numpy().sum(axis=1).tolist(),
+    "dtype": encoded["probabilities"].dtype.name}))
 """
 
 
@@ -93,22 +72,17 @@ def test_export_predicts_on_raw_images_in_a_fresh_process(tmp_path):
     run_dir = str(tmp_path / "export")
     launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", "--epochs=1",
             "--max_steps_per_epoch=250", "--max_validation_examples=512"], timeout=300)
-    images, labels = image._fashion_mnist_split(image.ImageConfig().fashion_mnist_dir, "t10k")
+    images, labels = image.fashion_mnist_split(image.ImageConfig().fashion_mnist_dir, "t10k")
     images, labels = images[:200], labels[:200]
     images_path = str(tmp_path / "images.npz")
     np.savez(images_path, png=np.array([png_bytes(pixels) for pixels in images], dtype=object)
              .astype(bytes), pixels=images[..., None])
     # A fresh interpreter that imports neither the toolkit nor the recipe.
-    result = subprocess.run([sys.executable, "-c", PREDICT, os.path.join(run_dir, "export"),
-                             images_path], capture_output=True, text=True, timeout=120,
-                            env={**environment(), "PYTHONPATH": ""}, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
-    answer = json.loads(result.stdout.split("RESULT ", 1)[1])
+    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export"), images_path,
+                                      cwd=str(tmp_path))
     assert answer["ids"] == answer["pixel_ids"]  # both signatures agree
     assert answer["names"] == [image.FASHION_MNIST_CLASSES[i] for i in answer["ids"]]
-    assert np.allclose(answer["sums"], 1.0, atol=1e-4)
+    assert np.allclose(answer["sums"], 1.0, atol=1e-4) and answer["dtype"] == "float32"
     accuracy = float(np.mean(np.array(answer["ids"]) == labels))
     # Chance is 0.1; a short run lands around 0.6-0.75.
     assert accuracy > 0.45, f"accuracy {accuracy} on 200 test images after a short run"

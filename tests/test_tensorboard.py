@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from conftest import TINY_IMAGE, launch
+from helpers import TINY_IMAGE, launch
 
 pytestmark = pytest.mark.multiprocess
 

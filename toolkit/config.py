@@ -11,10 +11,7 @@ import difflib
 import json
 import typing
 
-
-class ConfigError(ValueError):
-    """A config key or value the user gave is not valid."""
-
+from toolkit import errors
 
 _TRUE_WORDS = ("true", "1", "yes", "on")
 _FALSE_WORDS = ("false", "0", "no", "off")
@@ -48,13 +45,14 @@ class TrainConfig:
     intra_op_threads: int = 0  # 0 = CPU cores / local workers, so workers share cores
     inter_op_threads: int = 0  # 0 = 1 when a worker has one core, else 2
 
-    # Horovod allreduce knobs (see toolkit/distributed.py).
+    # Horovod allreduce knobs (see toolkit/worker/distributed.py).
     fp16_allreduce: bool = False  # halves allreduce bytes at some precision cost
     backward_passes_per_step: int = 1  # >1 accumulates gradients locally first
     adasum: bool = False  # Adasum reduction instead of averaging
-    # 1 = all gradients in one grouped allreduce, negotiated once per step: +15 % samples/s
-    # on 2 CPU workers (make bench). 0 = one request per gradient, fused by Horovod, which
-    # can overlap communication with the backward pass of large models on GPUs.
+    # 1 = all gradients in one grouped allreduce, negotiated once per step (observed once,
+    # 2026-11-26, make bench on a 2-core x86_64 machine: +15 % samples/s with 2 workers).
+    # 0 = one request per gradient, fused by Horovod, which can overlap communication with
+    # the backward pass of large models on GPUs.
     allreduce_groups: int = 1
     fusion_threshold_mb: float = 0.0  # tensor fusion buffer; 0 = Horovod's default (128 MB)
     cycle_time_ms: float = 0.0  # wait between fusion cycles; 0 = Horovod's default
@@ -74,100 +72,106 @@ class TrainConfig:
     # Safety.
     deterministic: bool = False  # seeded, deterministic ops: a resumed run matches exactly
     on_nonfinite: typing.Literal["stop", "skip"] = "stop"  # NaN/Inf gradients: stop or skip
-    stall_check_seconds: int = 60  # Horovod warns when a rank is this late to a collective
-    stall_shutdown_seconds: int = 300  # ...and stops the job after this (0 = warn forever)
-    debug_nan_at_step: int = 0  # testing: make one rank's loss NaN at this global step
-    debug_nan_rank: int = 0  # testing: the rank whose loss debug_nan_at_step poisons
+    stall_check_seconds: int = 60  # warn when no batch has finished for this long
+    stall_shutdown_seconds: int = 300  # ...and stop the job after this (0 = warn forever)
 
-    def validate(self):
+    def validate(self) -> None:
         """Check value ranges; raise ConfigError naming the key. Subclasses extend."""
-        _require(self, "epochs", self.epochs >= 1, "an integer >= 1")
-        _require(self, "batch_size_per_worker", self.batch_size_per_worker >= 1, "an integer >= 1")
+        require(self, "epochs", self.epochs >= 1, "an integer >= 1")
+        require(self, "batch_size_per_worker", self.batch_size_per_worker >= 1, "an integer >= 1")
         for key in ("max_steps_per_epoch", "max_train_examples", "max_validation_examples",
                     "intra_op_threads", "inter_op_threads"):
-            _require(self, key, getattr(self, key) >= 0, "an integer >= 0 (0 means no limit/auto)")
-        _require(self, "base_learning_rate", self.base_learning_rate > 0, "a number > 0")
-        _require(self, "warmup_epochs", self.warmup_epochs >= 0, "a number >= 0")
-        _require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
-        _require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
-        _require(self, "backward_passes_per_step", self.backward_passes_per_step >= 1,
-                 "an integer >= 1")
-        _require(self, "log_every_steps", self.log_every_steps >= 1, "an integer >= 1")
-        _require(self, "elastic_commit_steps", self.elastic_commit_steps >= 1, "an integer >= 1")
-        _require(self, "checkpoints_to_keep", self.checkpoints_to_keep >= 1, "an integer >= 1")
+            require(self, key, getattr(self, key) >= 0, "an integer >= 0 (0 means no limit/auto)")
+        require(self, "base_learning_rate", self.base_learning_rate > 0, "a number > 0")
+        require(self, "warmup_epochs", self.warmup_epochs >= 0, "a number >= 0")
+        require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
+        require(self, "backward_passes_per_step", self.backward_passes_per_step >= 1,
+                "an integer >= 1")
+        require(self, "log_every_steps", self.log_every_steps >= 1, "an integer >= 1")
+        require(self, "elastic_commit_steps", self.elastic_commit_steps >= 1, "an integer >= 1")
+        require(self, "checkpoints_to_keep", self.checkpoints_to_keep >= 1, "an integer >= 1")
         for key in ("checkpoint_every_steps", "stall_check_seconds", "stall_shutdown_seconds",
-                    "global_batch_size",
-                    "debug_nan_at_step", "debug_nan_rank"):
-            _require(self, key, getattr(self, key) >= 0, "an integer >= 0")
-        _require(self, "allreduce_groups", self.allreduce_groups >= 0, "an integer >= 0")
+                    "global_batch_size"):
+            require(self, key, getattr(self, key) >= 0, "an integer >= 0")
+        require(self, "allreduce_groups", self.allreduce_groups >= 0, "an integer >= 0")
         for key in ("fusion_threshold_mb", "cycle_time_ms"):
-            _require(self, key, getattr(self, key) >= 0, "a number >= 0 (0 = Horovod's default)")
+            require(self, key, getattr(self, key) >= 0, "a number >= 0 (0 = Horovod's default)")
         if self.profile_steps:
             parts = self.profile_steps.split(",")
             if len(parts) != 2 or not all(part.isdigit() for part in parts) or not (
                     0 < int(parts[0]) <= int(parts[1])):
-                raise ConfigError(f"config key 'profile_steps' got {self.profile_steps!r}; "
-                                  "expected 'FIRST,LAST' steps, e.g. '10,20'")
+                raise errors.ConfigError(
+                    f"config key 'profile_steps' got {self.profile_steps!r}; expected "
+                    "'FIRST,LAST' steps, e.g. '10,20'")
         if self.stall_shutdown_seconds and self.stall_shutdown_seconds < self.stall_check_seconds:
-            raise ConfigError("config key 'stall_shutdown_seconds' must be 0 (never) or at "
-                              f"least stall_check_seconds ({self.stall_check_seconds})")
+            raise errors.ConfigError(
+                "config key 'stall_shutdown_seconds' must be 0 (never) or at least "
+                f"stall_check_seconds ({self.stall_check_seconds})")
 
 
-def _require(config, key, condition, valid):
+def require(config: "TrainConfig", key: str, condition: bool, valid: str) -> None:
+    """Raise ConfigError naming ``key``, its value and ``valid`` unless ``condition``."""
     if not condition:
-        raise ConfigError(f"config key '{key}' has invalid value {getattr(config, key)!r}: "
-                          f"it must be {valid}")
+        raise errors.ConfigError(f"config key '{key}' has invalid value "
+                                 f"{getattr(config, key)!r}: it must be {valid}")
 
 
-def field_types(config_class):
+ConfigT = typing.TypeVar("ConfigT", bound=TrainConfig)
+
+
+def field_types(config_class: typing.Type[TrainConfig]) -> typing.Dict[str, typing.Any]:
     """Map each field name of a config dataclass to its resolved type."""
     hints = typing.get_type_hints(config_class)
     return {field.name: hints[field.name] for field in dataclasses.fields(config_class)}
 
 
-def parse_value(key, text, value_type):
+def parse_value(key: str, text: str, value_type: typing.Any) -> typing.Any:
     """Convert the string ``text`` to ``value_type``; raise ConfigError naming ``key``."""
     if typing.get_origin(value_type) is typing.Literal:
         choices = typing.get_args(value_type)
         if text not in choices:
-            raise ConfigError(f"config key '{key}' got {text!r}; valid values: "
-                              + ", ".join(repr(choice) for choice in choices))
+            raise errors.ConfigError(f"config key '{key}' got {text!r}; valid values: "
+                                     + ", ".join(repr(choice) for choice in choices))
         return text
     if value_type is bool:
         if text.lower() in _TRUE_WORDS:
             return True
         if text.lower() in _FALSE_WORDS:
             return False
-        raise ConfigError(f"config key '{key}' expects a boolean (true/false), got {text!r}")
+        raise errors.ConfigError(
+            f"config key '{key}' expects a boolean (true/false), got {text!r}")
     if value_type in (int, float):
         try:
             return value_type(text)
         except ValueError:
             kind = "an integer" if value_type is int else "a number"
-            raise ConfigError(f"config key '{key}' expects {kind}, got {text!r}") from None
+            raise errors.ConfigError(
+                f"config key '{key}' expects {kind}, got {text!r}") from None
     if value_type is str:
         return text
     raise TypeError(f"config key '{key}' has unsupported type {value_type!r}")
 
 
-def split_overrides(arguments):
+def split_overrides(arguments: typing.Iterable[str]) -> typing.Dict[str, str]:
     """Turn ``["--key=value", ...]`` into an ordered dict; reject anything else."""
     overrides = {}
     for argument in arguments:
         if not argument.startswith("--") or "=" not in argument:
-            raise ConfigError(f"config override {argument!r} is not of the form --key=value")
+            raise errors.ConfigError(
+                f"config override {argument!r} is not of the form --key=value")
         key, value = argument[2:].split("=", 1)
         overrides[key.replace("-", "_")] = value
     return overrides
 
 
-def build(config_class, overrides):
+def build(config_class: typing.Type[ConfigT], overrides: typing.Mapping[str, str]) -> ConfigT:
     """Make a validated ``config_class`` from defaults plus string ``overrides``."""
     types = field_types(config_class)
     values = {}
     for key, text in overrides.items():
         if key not in types:
-            raise ConfigError(_unknown_key_message(key, config_class, types))
+            raise errors.ConfigError(_unknown_key_message(key, config_class, types))
         values[key] = parse_value(key, text, types[key])
     config = config_class(**values)
     config.validate()
@@ -182,7 +186,7 @@ def _unknown_key_message(key, config_class, types):
     return message + " Valid keys: " + ", ".join(sorted(types))
 
 
-def describe(config_class):
+def describe(config_class: typing.Type[TrainConfig]) -> typing.List[str]:
     """Lines listing each key with its type and default, for ``--help``."""
     lines = []
     defaults = config_class()
@@ -195,9 +199,9 @@ def describe(config_class):
     return lines
 
 
-def to_dict(config):
+def to_dict(config: TrainConfig) -> typing.Dict[str, typing.Any]:
     return dataclasses.asdict(config)
 
 
-def to_json(config):
+def to_json(config: TrainConfig) -> str:
     return json.dumps(to_dict(config), indent=2, sort_keys=True)

@@ -1,10 +1,8 @@
 """Run under horovodrun by tests/test_multiprocess.py; prints one JSON line per rank.
 
-``weights distributed|local``: train a tiny image model for a few steps through the same
-pieces the trainer uses, with Horovod's DistributedOptimizer or (the control) with a plain
+``distributed|local``: train a tiny image model for a few steps through the same pieces
+the trainer uses, with Horovod's DistributedOptimizer or (the control) with a plain
 optimizer, and report this rank's weight hash.
-``metrics``: feed rank-dependent logs to the toolkit's callbacks and report what they hold
-after metric averaging.
 """
 
 import json
@@ -15,15 +13,16 @@ import tf_keras as keras
 
 from recipes import image
 from toolkit import config as config_lib
-from toolkit import distributed
-from toolkit import train as train_lib
+from toolkit.worker import distributed
+from toolkit.worker import runtime
+from toolkit.worker import train
 
 
 def weights(mode, world):
     config = config_lib.build(image.ImageConfig, {
         "width": "8", "stages": "2", "batch_size_per_worker": "32", "max_train_examples": "2048",
         "max_validation_examples": "64"})
-    train_lib.configure_runtime(config, world)
+    runtime.configure(config, world)
     data = image.build_data(config, world.shard())
     model = image.build_model(config, data)
     optimizer = keras.optimizers.Adam(1e-3)
@@ -34,20 +33,13 @@ def weights(mode, world):
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
     model.fit(data.train.repeat(), steps_per_epoch=8, epochs=1, verbose=0,
               callbacks=distributed.first_callbacks())
-    return {"sha256": train_lib.weights_sha256(model)}
-
-
-def metrics(world):
-    logs = {"loss": float(world.rank + 1), "accuracy": 0.25 * (world.rank + 1)}
-    for callback in distributed.first_callbacks()[:2]:  # broadcast, then metric averaging
-        callback.on_epoch_end(0, logs)
-    return {"logs": {key: float(value) for key, value in logs.items()}}
+    return {"sha256": train.weights_sha256(model)}
 
 
 def main():
     world = distributed.init()
-    result = weights(sys.argv[2], world) if sys.argv[1] == "weights" else metrics(world)
-    print("RESULT " + json.dumps(dict(result, rank=world.rank)), flush=True)
+    print("RESULT " + json.dumps(dict(weights(sys.argv[1], world), rank=world.rank)),
+          flush=True)
 
 
 if __name__ == "__main__":

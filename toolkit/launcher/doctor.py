@@ -20,12 +20,13 @@ import subprocess
 import sys
 import time
 
-import toolkit  # noqa: F401
-from toolkit import hostfile as hostfile_lib
-from toolkit import remote
+import toolkit
+from toolkit import errors
 from toolkit import versions as versions_lib
+from toolkit.launcher import hostfile as hostfile_lib
+from toolkit.launcher import ssh
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = toolkit.PROJECT_ROOT
 MIN_FREE_GB = 5.0
 COMPARED_VERSIONS = ("python", "tensorflow", "tf-keras", "horovod", "transformers")
 
@@ -147,9 +148,9 @@ def check_host(host, local, found, slots, multi_host):
 
 def run_probe(wrapper_dir, host, runs_root, token_name, token, timeout):
     command = ["env", f"PYTHONPATH={PROJECT_ROOT}", "TF_CPP_MIN_LOG_LEVEL=3", sys.executable,
-               "-m", "toolkit.doctor", "--probe", f"--runs_root={runs_root}",
+               "-m", "toolkit.launcher.doctor", "--probe", f"--runs_root={runs_root}",
                f"--token_name={token_name}", f"--token={token}"]
-    result = remote.run_on(wrapper_dir, host, command, timeout)
+    result = ssh.run_on(wrapper_dir, host, command, timeout)
     for line in result.stdout.splitlines():
         if line.startswith("PROBE "):
             return json.loads(line[len("PROBE "):]), None
@@ -166,7 +167,7 @@ def measure_allreduce(wrapper_dir, hosts, network_interface, timeout):
                hostfile_lib.horovod_hosts(hosts), "--gloo", "--start-timeout", str(timeout)]
     if network_interface:
         command += ["--network-interface", network_interface]
-    command += [sys.executable, "-m", "toolkit.doctor", "--allreduce_probe"]
+    command += [sys.executable, "-m", "toolkit.launcher.doctor", "--allreduce_probe"]
     environment = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     if wrapper_dir:
         environment["PATH"] = wrapper_dir + os.pathsep + environment["PATH"]
@@ -184,21 +185,21 @@ def measure_allreduce(wrapper_dir, hosts, network_interface, timeout):
 
 def print_table(rows_by_host, columns):
     widths = {column: max(len(column), *(len(text) for rows in rows_by_host.values()
-                                          for name, text, _ in rows if name == column))
+                                         for name, text, _ in rows if name == column))
               for column in columns}
     host_width = max(4, *(len(host) for host in rows_by_host))
     print("host".ljust(host_width) + "  " + "  ".join(c.ljust(widths[c]) for c in columns))
     for host, rows in rows_by_host.items():
         cells = {name: text + ("!" if problem else "") for name, text, problem in rows}
         print(host.ljust(host_width) + "  " + "  ".join(cells.get(c, "-").ljust(widths[c])
-                                                      for c in columns))
+                                                        for c in columns))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m toolkit.doctor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m toolkit.launcher.doctor", description=__doc__)
     parser.add_argument("--hostfile", default="")
     parser.add_argument("--runs_root", default=os.path.join(PROJECT_ROOT, "runs"))
-    remote.add_arguments(parser)
+    ssh.add_arguments(parser)
     parser.add_argument("--network_interface", default="")
     parser.add_argument("--allreduce_megabytes", type=float, default=16.0)
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
@@ -216,13 +217,12 @@ def main(argv=None):
     try:
         hosts = (hostfile_lib.parse(options.hostfile) if options.hostfile
                  else [hostfile_lib.Host("localhost", 2, 0)])
-        settings = remote.settings_from(options)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    ssh_dir = remote.make_ssh_directory()
+        settings = ssh.settings_from(options)
+    except errors.UserError as error:
+        return errors.report(error)
+    ssh_dir = ssh.make_ssh_directory()
     try:
-        wrapper_dir = remote.write_ssh_config(settings, hosts, ssh_dir)
+        wrapper_dir = ssh.write_ssh_config(settings, hosts, ssh_dir)
         return diagnose(hosts, options, wrapper_dir)
     finally:
         shutil.rmtree(ssh_dir, ignore_errors=True)
@@ -263,7 +263,7 @@ def diagnose(hosts, options, wrapper_dir):
             print(f"  - {problem}")
         return 1
     measured, failure = measure_allreduce(
-        wrapper_dir if any(not remote.is_local(h.name) for h in hosts) else None, hosts,
+        wrapper_dir if any(not ssh.is_local(h.name) for h in hosts) else None, hosts,
         options.network_interface, options.start_timeout)
     if failure or not measured["correct"]:
         print(f"\nallreduce: FAILED: {failure or 'wrong result'}")

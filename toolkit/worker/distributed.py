@@ -1,7 +1,7 @@
 """The whole Horovod surface of the toolkit.
 
 Recipes never import Horovod; the trainer calls the functions here. Every Horovod call
-carries a ``# Horovod:`` comment, so ``grep -n "Horovod:" toolkit/`` lists all of it.
+carries a ``# Horovod:`` comment, so ``grep -rn "Horovod:" toolkit/`` lists all of it.
 
 Data sharding: a data set of ``n`` examples is split into ``size`` disjoint shards of
 exactly ``n // size`` examples; worker ``rank`` takes examples ``rank, rank + size,
@@ -20,6 +20,7 @@ import tensorflow as tf
 import tf_keras
 
 from toolkit import data
+from toolkit import errors
 from toolkit import keras_compat
 
 # Horovod: its Keras API, imported with `keras` resolving to tf_keras (see keras_compat).
@@ -44,18 +45,18 @@ class World:
         """Rank 0 writes files and prints progress; every rank computes."""
         return self.rank == 0
 
-    def shard(self):
+    def shard(self) -> data.Shard:
         return data.Shard(index=self.rank, count=self.size)
 
 
-def init():
+def init() -> World:
     """Start Horovod and return this process's place in the world."""
     # Horovod: initialise; under horovodrun this joins the other ranks.
     hvd.init()
     return current_world()
 
 
-def current_world():
+def current_world() -> World:
     """This process's place in the world now (it changes after an elastic reset)."""
     return World(
         rank=hvd.rank(),  # Horovod: global rank
@@ -72,9 +73,10 @@ def pin_to_local_gpu(world):
     if not gpus:
         return None
     if world.local_rank >= len(gpus):
-        raise RuntimeError(f"worker with local rank {world.local_rank} on {world.hostname} has no "
-                           f"GPU: the host shows {len(gpus)} GPUs but runs {world.local_size} "
-                           "workers; lower the slots for this host")
+        raise errors.TrainingError(
+            f"worker with local rank {world.local_rank} on {world.hostname} has no GPU: the "
+            f"host shows {len(gpus)} GPUs but runs {world.local_size} workers; lower the "
+            "slots for this host")
     gpu = gpus[world.local_rank]
     tf.config.experimental.set_memory_growth(gpu, True)
     tf.config.set_visible_devices(gpu, "GPU")
@@ -185,12 +187,12 @@ class AverageNonTrainableCallback(tf_keras.callbacks.Callback):
 
 def time_allreduce(elements):
     """Median seconds of an allreduce of ``elements`` float32 values (a collective)."""
-    from toolkit import observe
+    from toolkit.worker import tensorboard_logs
 
     tensor = tf.ones([elements], tf.float32)
     # Horovod: a probe allreduce the size of all gradients, to estimate communication time.
-    return observe.time_it(lambda: hvd_tf.allreduce(tensor, op=hvd_tf.Average,
-                                                    name="allreduce_probe").numpy())
+    return tensorboard_logs.time_it(lambda: hvd_tf.allreduce(tensor, op=hvd_tf.Average,
+                                                             name="allreduce_probe").numpy())
 
 
 def barrier():

@@ -13,39 +13,40 @@ import signal
 import subprocess
 import sys
 
-import toolkit  # noqa: F401
-from toolkit import hostfile as hostfile_lib
-from toolkit import remote
+import toolkit
+from toolkit import errors
+from toolkit.launcher import hostfile as hostfile_lib
+from toolkit.launcher import ssh
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = toolkit.PROJECT_ROOT
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m toolkit.board", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m toolkit.launcher.tensorboard_server",
+                                     description=__doc__)
     parser.add_argument("--runs_dir", default=os.path.join(PROJECT_ROOT, "runs"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=6006)
     parser.add_argument("--hostfile", default="")
-    remote.add_arguments(parser)
+    ssh.add_arguments(parser)
     options = parser.parse_args(argv)
     runs_dir = os.path.abspath(options.runs_dir)
     tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     try:
         hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
-        settings = remote.settings_from(options)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        settings = ssh.settings_from(options)
+    except errors.UserError as error:
+        return errors.report(error)
     url = f"http://{options.host}:{options.port}/"
-    if not hosts or remote.is_local(hosts[0].name):
+    if not hosts or ssh.is_local(hosts[0].name):
         os.makedirs(runs_dir, exist_ok=True)
         print(f"TensorBoard for {runs_dir}: {url}", flush=True)
         return subprocess.call([tensorboard, "--logdir", runs_dir, "--host", options.host,
                                 "--port", str(options.port)])
     chief = hosts[0]
-    ssh_dir = remote.make_ssh_directory()
+    ssh_dir = ssh.make_ssh_directory()
     try:
-        wrapper_dir = remote.write_ssh_config(settings, hosts, ssh_dir)
+        wrapper_dir = ssh.write_ssh_config(settings, hosts, ssh_dir)
         serve = " ".join(shlex.quote(part) for part in [
             tensorboard, "--logdir", runs_dir, "--host", "127.0.0.1", "--port",
             str(options.port)])
@@ -56,7 +57,7 @@ def main(argv=None):
                           "do sleep 1; done; kill $server 2>/dev/null"]
         command = [os.path.join(wrapper_dir, "ssh"), "-L",
                    f"{options.host}:{options.port}:127.0.0.1:{options.port}",
-                   *remote.ssh_command(wrapper_dir, chief.name, remote_command)[1:]]
+                   *ssh.ssh_command(wrapper_dir, chief.name, remote_command)[1:]]
         print(f"TensorBoard for {runs_dir} on {chief.name} (rank 0's host), forwarded to "
               f"{url}", flush=True)
         process = subprocess.Popen(command)

@@ -12,7 +12,7 @@ import json
 import os
 import typing
 
-from toolkit import data as data_lib
+from toolkit import errors
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -32,12 +32,12 @@ def _rows(path):
     """Yield (line number, dict of column -> value) for each data row of ``path``."""
     extension = os.path.splitext(path)[1].lower()
     if extension not in FORMATS:
-        raise data_lib.DataError(f"{path}: unknown text file type {extension!r}; use one of "
-                                 + ", ".join(sorted(FORMATS)))
+        raise errors.DataError(f"{path}: unknown text file type {extension!r}; use one of "
+                               + ", ".join(sorted(FORMATS)))
     try:
         stream = open(path, newline="", encoding="utf-8")
     except OSError as error:
-        raise data_lib.DataError(f"cannot read text data file {path}: {error.strerror}") from None
+        raise errors.DataError(f"cannot read text data file {path}: {error.strerror}") from None
     with stream:
         if FORMATS[extension] == "jsonl":
             for number, line in enumerate(stream, start=1):
@@ -46,16 +46,16 @@ def _rows(path):
                 try:
                     row = json.loads(line)
                 except ValueError as error:
-                    raise data_lib.DataError(f"{path}:{number}: not valid JSON ({error})") from None
+                    raise errors.DataError(f"{path}:{number}: not valid JSON ({error})") from None
                 if not isinstance(row, dict):
-                    raise data_lib.DataError(f"{path}:{number}: expected a JSON object per line")
+                    raise errors.DataError(f"{path}:{number}: expected a JSON object per line")
                 yield number, row
         else:
             reader = csv.DictReader(stream, delimiter="," if FORMATS[extension] == "csv" else "\t")
             for row in reader:
                 if None in row:
-                    raise data_lib.DataError(f"{path}:{reader.line_num}: more fields than the "
-                                             f"header has columns ({len(reader.fieldnames)})")
+                    raise errors.DataError(f"{path}:{reader.line_num}: more fields than the "
+                                           f"header has columns ({len(reader.fieldnames)})")
                 yield reader.line_num, row
 
 
@@ -66,7 +66,7 @@ def read(path, text_column="text", text_pair_column="text_pair", label_column="l
     for number, row in _rows(path):
         for column in (text_column, label_column):
             if row.get(column) is None:
-                raise data_lib.DataError(
+                raise errors.DataError(
                     f"{path}:{number}: missing column {column!r}; found columns "
                     f"{sorted(row)}; the text and label columns are set by config keys "
                     "text_column and label_column")
@@ -74,25 +74,25 @@ def read(path, text_column="text", text_pair_column="text_pair", label_column="l
             has_pair = text_pair_column in row
         text = str(row[text_column])
         if not text.strip():
-            raise data_lib.DataError(f"{path}:{number}: empty {text_column!r}")
+            raise errors.DataError(f"{path}:{number}: empty {text_column!r}")
         label = row[label_column]
         if isinstance(label, float) and label.is_integer():
             label = int(label)
         label = str(label).strip()
         if not label:
-            raise data_lib.DataError(f"{path}:{number}: empty {label_column!r}")
+            raise errors.DataError(f"{path}:{number}: empty {label_column!r}")
         texts.append(text)
         labels.append(label)
         lines.append(number)
         if has_pair:
             if row.get(text_pair_column) is None:
-                raise data_lib.DataError(f"{path}:{number}: missing column "
-                                         f"{text_pair_column!r}, which earlier rows have")
+                raise errors.DataError(f"{path}:{number}: missing column "
+                                       f"{text_pair_column!r}, which earlier rows have")
             pairs.append(str(row[text_pair_column]))
     if not texts:
-        raise data_lib.DataError(f"{path}: no examples; expected a header and rows with columns "
-                                 f"{text_column!r}, optional {text_pair_column!r}, "
-                                 f"{label_column!r}")
+        raise errors.DataError(f"{path}: no examples; expected a header and rows with columns "
+                               f"{text_column!r}, optional {text_pair_column!r}, "
+                               f"{label_column!r}")
     return Examples(path=path, texts=texts, text_pairs=pairs if has_pair else None,
                     labels=labels, lines=lines)
 
@@ -111,7 +111,7 @@ def label_ids(examples, names):
     ids = []
     for label, line in zip(examples.labels, examples.lines):
         if label not in index:
-            raise data_lib.DataError(
+            raise errors.DataError(
                 f"{examples.path}:{line}: label {label!r} is not in the label map "
                 f"{names} (taken from the training file)")
         ids.append(index[label])

@@ -1,4 +1,5 @@
-"""Guards that keep a run's state good: non-finite gradients, and a lost launcher.
+"""Guards that keep a run's state good and its end loud: non-finite gradients, a run that
+stops making progress, and a lost launcher.
 
 Non-finite values: the check is made on the gradients *after* Horovod's allreduce. A NaN
 or Inf on any worker makes the averaged gradient non-finite on every worker, so all
@@ -6,6 +7,7 @@ workers see the same verdict at the same step without an extra collective, and t
 (or skip the step) together. The update is never applied, so the weights and the last
 checkpoint stay good.
 """
+
 
 import os
 import socket
@@ -16,10 +18,7 @@ import time
 import tensorflow as tf
 import tf_keras as keras
 
-
-class NonFiniteError(RuntimeError):
-    """Training produced NaN or Inf; the message names the step."""
-
+from toolkit import errors
 
 def _all_finite(grads_and_vars):
     checks = []
@@ -81,6 +80,85 @@ class NonFiniteCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StallWatchdog(keras.callbacks.Callback):
+    """Every rank: stop the job when training stops making progress.
+
+    Horovod 0.28.1's own stall check (``HOROVOD_STALL_CHECK_TIME_SECONDS`` / ``..._SHUTDOWN_
+    TIME_SECONDS``, which the toolkit still sets) did not fire here, on Gloo with
+    TensorFlow 2.21: with one rank hung before its allreduce (in I/O, a deadlock), the
+    others waited in the allreduce forever, silently. So each rank watches its own
+    progress instead: while a fit runs, any batch that begins or ends (training or
+    validation) is progress. After ``warn_seconds`` without any, the rank says so once;
+    after ``shutdown_seconds`` it says so and exits with ``errors.STALL_EXIT_CODE``, and
+    horovodrun stops the rest. A hung rank and the ranks waiting for it stall together,
+    so every rank's watchdog fires within a second or so of the others; the launcher
+    turns the exit code into one diagnosis. The first batch of a fit (tracing, XLA
+    compilation) is not timed, nor is anything outside a fit (the chief's export).
+    """
+
+    def __init__(self, rank, warn_seconds, shutdown_seconds, poll_seconds=1.0):
+        super().__init__()
+        self.rank = rank
+        self.warn_seconds = warn_seconds
+        self.shutdown_seconds = shutdown_seconds
+        self.poll_seconds = poll_seconds
+        self.armed = False
+        self.last_progress = time.monotonic()
+        self.global_step = 0
+        self.warned = False
+        self.thread = None
+
+    def _progress(self):
+        self.last_progress = time.monotonic()
+        self.warned = False
+
+    def on_train_begin(self, logs=None):
+        self.armed = False
+        self.global_step = int(self.model.optimizer.iterations.numpy())
+        self._progress()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._watch, name="toolkit-stall-watchdog",
+                                           daemon=True)
+            self.thread.start()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._progress()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.global_step += 1
+        self._progress()
+        self.armed = True
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._progress()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._progress()
+
+    def on_train_end(self, logs=None):
+        self.armed = False
+
+    def _watch(self):
+        while True:
+            time.sleep(self.poll_seconds)
+            if not self.armed:
+                continue
+            idle = time.monotonic() - self.last_progress
+            where = (f"rank {self.rank}: no batch has finished for {idle:.0f} s (last finished "
+                     f"global step: {self.global_step})")
+            if self.shutdown_seconds and idle > self.shutdown_seconds:
+                print(f"[toolkit] {where}, more than stall_shutdown_seconds="
+                      f"{self.shutdown_seconds}: a worker is hung (I/O, a deadlock, a frozen "
+                      "host) or waiting for one that is; stopping the job. The last checkpoint "
+                      "is kept.", file=sys.stderr, flush=True)
+                os._exit(errors.STALL_EXIT_CODE)
+            if idle > self.warn_seconds and not self.warned:
+                self.warned = True
+                print(f"[toolkit] warning: {where} (stall_check_seconds="
+                      f"{self.warn_seconds}); a worker may be hung or slow", file=sys.stderr,
+                      flush=True)
+
+
 def start_lifeline(interval_seconds=5.0, misses_allowed=3):
     """Exit this worker if the launcher (horovodrun's rendezvous server) goes away.
 
@@ -106,7 +184,7 @@ def start_lifeline(interval_seconds=5.0, misses_allowed=3):
                 if misses >= misses_allowed:
                     print(f"[toolkit] rank {os.environ.get('HOROVOD_RANK', '?')}: lost the "
                           f"launcher at {address}:{port}; exiting", file=sys.stderr, flush=True)
-                    os._exit(75)
+                    os._exit(errors.LIFELINE_EXIT_CODE)
 
     thread = threading.Thread(target=watch, name="toolkit-lifeline", daemon=True)
     thread.start()

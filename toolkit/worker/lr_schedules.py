@@ -1,8 +1,11 @@
-"""Learning rate scaled by world size, with warm-up, then decay.
+"""Learning rate scaled with the global batch, with warm-up, then decay.
 
 Horovod's advice (after Goyal et al., 2017) is to multiply a one-worker learning rate by
 the number of workers, since the global batch grew by that factor, and to warm up to it
-because the scaled rate diverges early in training. We implement both as a Keras
+because the scaled rate diverges early in training. ``base_learning_rate`` is the rate for
+a batch of ``batch_size_per_worker`` examples, so the factor is the global batch over that:
+the number of workers, or, when ``global_batch_size`` fixes the global batch, the same
+for any number of workers (as the examples per step are). We implement both as a Keras
 ``LearningRateSchedule`` of the optimizer's step counter rather than with Horovod's
 ``LearningRateWarmupCallback``: the callback overwrites the learning rate from an epoch
 counter with ``K.set_value``, which cannot be combined with a decaying schedule (BERT's
@@ -16,13 +19,22 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
+from toolkit import config as config_lib
 
-def scale_factor(rule, world_size):
-    """How much larger the global learning rate is than the one-worker rate."""
+
+def batch_scale(config: config_lib.TrainConfig, world_size: int) -> float:
+    """How many ``batch_size_per_worker`` batches one global batch holds (the user's
+    config, before a fixed global batch is split over the workers)."""
+    global_batch_size = config.global_batch_size or config.batch_size_per_worker * world_size
+    return global_batch_size / config.batch_size_per_worker
+
+
+def scale_factor(rule: str, scale: float) -> float:
+    """How much larger the global learning rate is than ``base_learning_rate``."""
     if rule == "linear":
-        return float(world_size)
+        return float(scale)
     if rule == "sqrt":
-        return math.sqrt(world_size)
+        return math.sqrt(scale)
     if rule == "none":
         return 1.0
     raise ValueError(f"lr_scaling must be 'linear', 'sqrt' or 'none', got {rule!r}")
@@ -66,17 +78,19 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build(config, world_size, steps_per_epoch):
-    """The schedule for ``config`` on ``world_size`` workers."""
+def build(config: config_lib.TrainConfig, scale: float, steps_per_epoch: int) -> WarmupDecay:
+    """The schedule for ``config`` with global batches of ``scale`` (see batch_scale)."""
     return WarmupDecay(
-        peak_learning_rate=config.base_learning_rate * scale_factor(config.lr_scaling, world_size),
+        peak_learning_rate=config.base_learning_rate * scale_factor(config.lr_scaling, scale),
         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
         total_steps=config.epochs * steps_per_epoch,
         decay=config.lr_decay,
     )
 
 
-def build_optimizer(config, learning_rate):
+def build_optimizer(config: config_lib.TrainConfig,
+                    learning_rate: keras.optimizers.schedules.LearningRateSchedule,
+                    ) -> keras.optimizers.Optimizer:
     """The Keras optimizer named by ``config.optimizer`` (before Horovod wraps it)."""
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)

@@ -6,13 +6,13 @@ hostfile, NP against the slots, and whether RUN_DIR may be created or resumed. T
 horovodrun command is built as an argument list (no shell), so no value given here can
 run as a command.
 
-    python -m toolkit.launch --recipe=image [--np=N] [--hostfile=FILE] [--run_dir=DIR]
+    python -m toolkit.launcher.launch --recipe=image [--np=N] [--hostfile=FILE] [--run_dir=DIR]
         [--start_timeout=S] [--ssh_user=U] [--ssh_port=P] [--ssh_identity=FILE]
         [--network_interface=IF[,IF]] [--dry_run] [--key=value ...]
 
 With a hostfile naming other machines, every host is first checked over ssh (in
 parallel, bounded by the start timeout); an unreachable host stops the launch with its
-name and ssh's reason. ssh settings reach horovodrun through toolkit/remote.py.
+name and ssh's reason. ssh settings reach horovodrun through toolkit/launcher/ssh.py.
 """
 
 import argparse
@@ -26,14 +26,17 @@ import subprocess
 import sys
 import threading
 
-import toolkit  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import toolkit  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 from toolkit import config as config_lib
-from toolkit import hostfile as hostfile_lib
+from toolkit import errors
+from toolkit import log_noise
 from toolkit import recipe as recipe_lib
-from toolkit import remote
 from toolkit import run_folder
+from toolkit.launcher import hostfile as hostfile_lib
+from toolkit.launcher import ssh
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = toolkit.PROJECT_ROOT
+WORKER_MODULE = "toolkit.worker.train"
 
 
 def count_gpus():
@@ -56,14 +59,14 @@ def default_np(hosts):
 
 
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(prog="python -m toolkit.launch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m toolkit.launcher.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--np", default="", help="number of workers (default: see default_np)")
     parser.add_argument("--hostfile", default="")
     parser.add_argument("--run_dir", default="")
     parser.add_argument("--runs_root", default=os.path.join(PROJECT_ROOT, "runs"))
-    remote.add_arguments(parser)
+    ssh.add_arguments(parser)
     parser.set_defaults(start_timeout=60)
     parser.add_argument("--network_interface", default="",
                         help="interface(s) for Horovod traffic, e.g. eth0 or ib0,eth0")
@@ -77,6 +80,8 @@ def parse_arguments(argv):
     parser.add_argument("--blacklist_cooldown", default="",
                         help="elastic: 'MIN,MAX' seconds before a failed host is tried again")
     parser.add_argument("--dry_run", action="store_true", help="print the command, run nothing")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything TensorFlow and Horovod print (VERBOSE=1)")
     return parser.parse_known_args(argv)
 
 
@@ -84,7 +89,7 @@ def parse_np(text, hosts):
     if text == "":
         return default_np(hosts)
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"NP must be a whole number >= 1, got {text!r}")
+        raise errors.LaunchError(f"NP must be a whole number >= 1, got {text!r}")
     return int(text)
 
 
@@ -103,13 +108,13 @@ def horovodrun_command(np, hosts, options, worker_arguments, discovery_script=""
         command += ["-H", hostfile_lib.horovod_hosts(hosts) if hosts else f"localhost:{np}"]
     network_interface = options.network_interface
     if options.elastic and not network_interface and hosts and all(
-            remote.is_local(host.name) for host in hosts):
+            ssh.is_local(host.name) for host in hosts):
         # Elastic horovodrun on one machine otherwise waits (600 s) to find an interface
         # that routes to the other hosts; on one machine that is the loopback.
         network_interface = "lo"
     if network_interface:
         command += ["--network-interface", network_interface]
-    return command + [sys.executable, "-m", "toolkit.train", *worker_arguments]
+    return command + [sys.executable, "-m", WORKER_MODULE, *worker_arguments]
 
 
 def check_elastic(options, hosts, np, config):
@@ -117,43 +122,45 @@ def check_elastic(options, hosts, np, config):
     if not options.elastic:
         return
     if not (options.hostfile or options.discovery_script):
-        raise ValueError("ELASTIC=1 needs HOSTFILE (re-read while the run goes on: edit it to "
-                         "add or remove hosts) or DISCOVERY_SCRIPT; a single host cannot "
-                         "lose workers without losing all of them")
+        raise errors.LaunchError("ELASTIC=1 needs HOSTFILE (re-read while the run goes on: edit "
+                                 "it to add or remove hosts) or DISCOVERY_SCRIPT; a single host "
+                                 "cannot lose workers without losing all of them")
     if not 1 <= options.min_np <= np <= options.max_np:
-        raise ValueError(f"elastic runs need 1 <= MIN_NP <= NP <= MAX_NP; got MIN_NP="
-                         f"{options.min_np}, NP={np}, MAX_NP={options.max_np}")
+        raise errors.LaunchError(f"elastic runs need 1 <= MIN_NP <= NP <= MAX_NP; got MIN_NP="
+                                 f"{options.min_np}, NP={np}, MAX_NP={options.max_np}")
     if hosts and options.max_np > hostfile_lib.total_slots(hosts):
-        raise ValueError(f"MAX_NP={options.max_np} is more than the "
-                         f"{hostfile_lib.total_slots(hosts)} slots in {options.hostfile}")
+        raise errors.LaunchError(f"MAX_NP={options.max_np} is more than the "
+                                 f"{hostfile_lib.total_slots(hosts)} slots in {options.hostfile}")
     if options.blacklist_cooldown and not re.fullmatch(r"\d+,\d+",
                                                        options.blacklist_cooldown):
-        raise ValueError(f"BLACKLIST_COOLDOWN must be 'MIN,MAX' seconds, got "
-                         f"{options.blacklist_cooldown!r}")
+        raise errors.LaunchError(f"BLACKLIST_COOLDOWN must be 'MIN,MAX' seconds, got "
+                                 f"{options.blacklist_cooldown!r}")
     uneven = [size for size in range(options.min_np, options.max_np + 1)
               if config.global_batch_size % size]
     if uneven:
-        raise ValueError(f"global_batch_size={config.global_batch_size} stays fixed in an "
-                         f"elastic run and must split evenly over every world size from "
-                         f"{options.min_np} to {options.max_np}; it does not for {uneven}. "
-                         "Set --global_batch_size to a common multiple")
+        raise errors.LaunchError(f"global_batch_size={config.global_batch_size} stays fixed in an "
+                                 f"elastic run and must split evenly over every world size from "
+                                 f"{options.min_np} to {options.max_np}; it does not for {uneven}. "
+                                 "Set --global_batch_size to a common multiple")
 
 
 def ssh_settings(options):
     if options.network_interface and not all(
             part.replace("-", "").replace(".", "").replace("_", "").isalnum()
             for part in options.network_interface.split(",")):
-        raise ValueError(f"NETWORK_INTERFACE {options.network_interface!r} is not a list of "
-                         "interface names such as eth0 or ib0,eth0")
-    return remote.settings_from(options)
+        raise errors.LaunchError(f"NETWORK_INTERFACE {options.network_interface!r} is not a "
+                                 "list of interface names such as eth0 or ib0,eth0")
+    return ssh.settings_from(options)
 
 
-def worker_environment(ssh_wrapper_dir=None):
+def worker_environment(ssh_wrapper_dir=None, verbose=False):
     environment = dict(os.environ)
     if ssh_wrapper_dir:
         environment["PATH"] = ssh_wrapper_dir + os.pathsep + environment.get("PATH", "")
     environment["TF_USE_LEGACY_KERAS"] = "1"
-    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log_noise.set_level(verbose, environment)
+    if verbose:
+        environment[log_noise.VERBOSE_VARIABLE] = "1"
     environment["PYTHONPATH"] = os.pathsep.join(
         [PROJECT_ROOT] + [part for part in environment.get("PYTHONPATH", "").split(os.pathsep)
                           if part])
@@ -169,26 +176,30 @@ class Launch:
     hostfile: str
     run_dir: str
     hosts: list
-    ssh: remote.SshSettings
+    ssh_settings: ssh.SshSettings
     dry_run: bool
     rank_to_host: list
+    verbose: bool
 
 
 def prepare(argv):
-    """Validate everything that needs no network; return a Launch. ValueError on bad input."""
+    """Validate everything that needs no network; return a Launch. UserError on bad input."""
     options, overrides_list = parse_arguments(argv)
-    recipe = recipe_lib.get(options.recipe)
-    overrides = config_lib.split_overrides(overrides_list)
-    config = config_lib.build(recipe.config_class, overrides)
-    if recipe.check_data is not None:
-        recipe.check_data(config)
+    # Importing the recipe imports TensorFlow, which prints start-up noise.
+    log_noise.set_level(options.verbose)
+    with log_noise.hidden(options.verbose):
+        recipe = recipe_lib.get(options.recipe)
+        overrides = config_lib.split_overrides(overrides_list)
+        config = config_lib.build(recipe.config_class, overrides)
+        if recipe.check_data is not None:
+            recipe.check_data(config)
     hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
     np = parse_np(options.np, hosts)
     if hosts:
         hostfile_lib.check_np(options.hostfile, hosts, np)
     if options.start_timeout < 1:
-        raise ValueError(f"START_TIMEOUT must be a number of seconds >= 1, got "
-                         f"{options.start_timeout}")
+        raise errors.LaunchError(f"START_TIMEOUT must be a number of seconds >= 1, got "
+                                 f"{options.start_timeout}")
     if options.elastic and not config.global_batch_size:
         # Elastic runs keep the global batch of the starting world whatever happens later.
         overrides["global_batch_size"] = str(config.batch_size_per_worker * np)
@@ -207,8 +218,8 @@ def prepare(argv):
     return Launch(command=horovodrun_command(np, hosts, options, worker_arguments,
                                              discovery_script or DISCOVERY_PLACEHOLDER),
                   hostfile=os.path.abspath(options.hostfile) if options.hostfile else "",
-                  run_dir=run_dir, hosts=hosts, ssh=settings, dry_run=options.dry_run,
-                  rank_to_host=rank_hosts(hosts, np))
+                  run_dir=run_dir, hosts=hosts, ssh_settings=settings, dry_run=options.dry_run,
+                  rank_to_host=rank_hosts(hosts, np), verbose=options.verbose)
 
 
 FAILED_PROCESS = re.compile(r"Process (\d+) exit with status code (-?\d+)")
@@ -230,23 +241,80 @@ def describe_exit(code):
     return f"exit code {code}"
 
 
-def _forward(stream, target, failures):
-    """Copy horovodrun's output line by line, noting the first worker that failed."""
+# Gloo gives up on a peer that does not answer at all (a frozen process, a dead link).
+GLOO_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms for (?:recv|send) operation")
+
+
+class OutputWatcher:
+    """Reads horovodrun's output as it is forwarded: drops TensorFlow's start-up noise
+    (unless verbose), and notes the first worker that failed, and how, to say it (with
+    its host) in plain words."""
+
+    def __init__(self, rank_to_host, verbose):
+        self.rank_to_host = rank_to_host
+        self.verbose = verbose
+        self.first_failure = None  # (rank, exit status)
+        self.gloo_timeout = None  # (rank that reported it, seconds)
+        self._lock = threading.Lock()
+
+    def host(self, rank):
+        return self.rank_to_host[rank] if rank < len(self.rank_to_host) else "?"
+
+    def read(self, line):
+        """Note what ``line`` says; return whether to show it."""
+        text = log_noise.without_horovod_prefix(line)
+        rank = re.match(r"^\[(\d+)\]<std", line)
+        with self._lock:
+            timeout = GLOO_TIMEOUT.search(text)
+            if timeout and self.gloo_timeout is None:
+                self.gloo_timeout = (int(rank.group(1)) if rank else None,
+                                     int(timeout.group(1)) / 1000)
+            match = FAILED_PROCESS.search(text)
+            if match and self.first_failure is None:
+                self.first_failure = (int(match.group(1)), int(match.group(2)))
+        return self.verbose or not log_noise.is_noise(line)
+
+    def diagnosis(self):
+        """Lines naming what went wrong, for after horovodrun's own report."""
+        lines = []
+        status = self.first_failure[1] if self.first_failure else None
+        if status == errors.STALL_EXIT_CODE:
+            rank = self.first_failure[0]
+            lines.append(f"[launch] the job stalled: no worker finished a batch for longer "
+                         "than stall_shutdown_seconds (rank "
+                         f"{rank} on host {self.host(rank)} stopped it first). A worker is "
+                         "hung (I/O, a deadlock, a frozen host) or waiting for one that is; "
+                         "the last checkpoint is kept.")
+        elif self.gloo_timeout is not None:
+            rank, seconds = self.gloo_timeout
+            reporter = (f"rank {rank} on host {self.host(rank)}" if rank is not None
+                        else "a worker")
+            lines.append(f"[launch] the workers stopped hearing from one another: {reporter} "
+                         f"waited {seconds:.0f} s for a peer that did not answer at all (a "
+                         "frozen process or host, or a network that went away), so the job "
+                         "was stopped; the last checkpoint is kept.")
+        elif self.first_failure is not None:
+            rank, status = self.first_failure
+            lines.append(f"[launch] worker rank {rank} on host {self.host(rank)} failed first "
+                         f"({describe_exit(status)}); horovodrun stopped the other workers.")
+        return lines
+
+
+def _forward(stream, target, watcher):
+    """Copy horovodrun's output line by line, through the watcher."""
     for line in iter(stream.readline, ""):
-        target.write(line)
-        target.flush()
-        match = FAILED_PROCESS.search(line)
-        if match and not failures:
-            failures.append((int(match.group(1)), int(match.group(2))))
+        if watcher.read(line):
+            target.write(line)
+            target.flush()
 
 
-def run(command, environment, rank_to_host):
-    """Run horovodrun, passing SIGTERM on to it; return its exit code. When a worker fails,
-    say which rank on which host, and how, after horovodrun's own report."""
+def run(command, environment, rank_to_host, verbose=False):
+    """Run horovodrun, passing SIGTERM on to it; return its exit code. When a worker fails
+    or stalls, say which rank on which host, and how, after horovodrun's own report."""
     process = subprocess.Popen(command, env=environment, cwd=PROJECT_ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    failures = []
-    threads = [threading.Thread(target=_forward, args=(pipe, target, failures), daemon=True)
+    watcher = OutputWatcher(rank_to_host, verbose)
+    threads = [threading.Thread(target=_forward, args=(pipe, target, watcher), daemon=True)
                for pipe, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
     for thread in threads:
         thread.start()
@@ -257,11 +325,9 @@ def run(command, environment, rank_to_host):
         signal.signal(signal.SIGTERM, previous)
     for thread in threads:
         thread.join(timeout=10)
-    if code != 0 and failures:
-        rank, status = failures[0]
-        host = rank_to_host[rank] if rank < len(rank_to_host) else "?"
-        print(f"[launch] worker rank {rank} on host {host} failed first ({describe_exit(status)}"
-              "); horovodrun stopped the other workers.", file=sys.stderr, flush=True)
+    if code != 0:
+        for line in watcher.diagnosis():
+            print(line, file=sys.stderr, flush=True)
     return code
 
 
@@ -271,7 +337,7 @@ def write_discovery_script(directory, hostfile):
     with open(path, "w") as stream:
         stream.write("#!/bin/sh\n"
                      f"PYTHONPATH={shlex.quote(PROJECT_ROOT)} exec {shlex.quote(sys.executable)} "
-                     f"-m toolkit.hostfile --discover {shlex.quote(hostfile)}\n")
+                     f"-m toolkit.launcher.hostfile --discover {shlex.quote(hostfile)}\n")
     os.chmod(path, 0o755)
     return path
 
@@ -282,14 +348,14 @@ def launch(plan):
     try:
         wrapper_dir = None
         if DISCOVERY_PLACEHOLDER in plan.command:
-            ssh_dir = ssh_dir or remote.make_ssh_directory()
+            ssh_dir = ssh_dir or ssh.make_ssh_directory()
             script = write_discovery_script(ssh_dir, plan.hostfile)
             plan.command[plan.command.index(DISCOVERY_PLACEHOLDER)] = script
-        if any(not remote.is_local(host.name) for host in plan.hosts):
-            ssh_dir = ssh_dir or remote.make_ssh_directory()
-            wrapper_dir = remote.write_ssh_config(plan.ssh, plan.hosts, ssh_dir)
-            failures = remote.unreachable_hosts(wrapper_dir, [host.name for host in plan.hosts],
-                                                timeout=plan.ssh.connect_timeout + 5)
+        if any(not ssh.is_local(host.name) for host in plan.hosts):
+            ssh_dir = ssh_dir or ssh.make_ssh_directory()
+            wrapper_dir = ssh.write_ssh_config(plan.ssh_settings, plan.hosts, ssh_dir)
+            failures = ssh.unreachable_hosts(wrapper_dir, [host.name for host in plan.hosts],
+                                             timeout=plan.ssh_settings.connect_timeout + 5)
             if failures:
                 for name, reason in failures.items():
                     print(f"error: host {name} is not reachable over ssh: {reason}",
@@ -298,7 +364,8 @@ def launch(plan):
                       "nothing was launched.", file=sys.stderr)
                 return 2
         print("[launch] " + " ".join(plan.command), flush=True)
-        return run(plan.command, worker_environment(wrapper_dir), plan.rank_to_host)
+        return run(plan.command, worker_environment(wrapper_dir, plan.verbose),
+                   plan.rank_to_host, plan.verbose)
     finally:
         if ssh_dir:
             shutil.rmtree(ssh_dir, ignore_errors=True)
@@ -307,10 +374,10 @@ def launch(plan):
 def main(argv=None):
     try:
         plan = prepare(sys.argv[1:] if argv is None else argv)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except errors.UserError as error:
+        code = errors.report(error)
         print("Nothing was launched.", file=sys.stderr)
-        return 2
+        return code
     if plan.dry_run:
         print("[launch] " + " ".join(plan.command), flush=True)
         return 0

@@ -10,16 +10,17 @@ tens of thousands of examples:
 :func:`prepare` writes it as ``train.csv`` and ``validation.csv`` (``text,label``), the
 same format a user would supply. The split is fixed by a checksum of the definition text
 (one in ten goes to validation; WordNet repeats a few definitions, and a repeated text
-always lands in the same split), and rows are shuffled with a fixed seed (WordNet's file order groups topics
-together, so that a prefix would hold one topic only); both are the same everywhere.
+always lands in the same split), and rows are shuffled with a fixed seed (WordNet's file
+order groups topics together, so that a prefix would hold one topic only); both are the
+same everywhere.
 """
 
 import os
 import random
 import zlib
 
-from recipes import text_data
-from toolkit import data as data_lib
+from recipe_helpers import text_files
+from toolkit import errors
 
 # Lexicographer file numbers of the noun topics, from WordNet's lexnames(5WN) table.
 NOUN_TOPICS = {"animal": 5, "artifact": 6, "food": 13, "location": 15, "person": 18, "plant": 20}
@@ -39,9 +40,9 @@ def read_glosses(data_noun_path, topics):
     try:
         stream = open(data_noun_path, encoding="utf-8", errors="replace")
     except OSError as error:
-        raise data_lib.DataError(f"cannot read {data_noun_path}: {error.strerror}; install the "
-                                 "Debian package wordnet-base (make setup does) or set "
-                                 "--wordnet_dir") from None
+        raise errors.DataError(f"cannot read {data_noun_path}: {error.strerror}; install the "
+                               "Debian package wordnet-base (make setup does) or set "
+                               "--wordnet_dir") from None
     with stream:
         for line in stream:
             if line.startswith("  ") or "|" not in line:
@@ -58,8 +59,8 @@ def prepare(wordnet_dir, topics, output_dir):
     """Write ``train.csv`` and ``validation.csv`` to ``output_dir`` unless already there."""
     unknown = [topic for topic in topics if topic not in NOUN_TOPICS]
     if unknown:
-        raise data_lib.DataError(f"unknown WordNet topics {unknown}; valid: "
-                                 + ", ".join(sorted(NOUN_TOPICS)))
+        raise errors.DataError(f"unknown WordNet topics {unknown}; valid: "
+                               + ", ".join(sorted(NOUN_TOPICS)))
     paths = {split: os.path.join(output_dir, f"{split}.csv") for split in ("train", "validation")}
     if all(os.path.exists(path) for path in paths.values()):
         return paths
@@ -72,5 +73,5 @@ def prepare(wordnet_dir, topics, output_dir):
     for split, (texts, labels) in splits.items():
         order = list(range(len(texts)))
         random.Random(SHUFFLE_SEED).shuffle(order)
-        text_data.write_csv(paths[split], [texts[i] for i in order], [labels[i] for i in order])
+        text_files.write_csv(paths[split], [texts[i] for i in order], [labels[i] for i in order])
     return paths

@@ -1,4 +1,4 @@
-"""One measurement of ``make bench`` (see toolkit/bench.py), run in its own process(es).
+"""One measurement of ``make bench`` (see toolkit/launcher/bench.py), run in its own process(es).
 
     --mode=ours      the toolkit's training path, under horovodrun (any NP)
     --mode=plain     the same model, data and optimizer in plain single-process Keras
@@ -17,16 +17,18 @@ import os
 import time
 
 import toolkit  # noqa: F401
+from toolkit import log_noise
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
+log_noise.set_level(verbose=False)
+with log_noise.hidden(verbose=False):
+    import tensorflow as tf
 import tf_keras as keras  # noqa: E402
 
 from toolkit import config as config_lib  # noqa: E402
 from toolkit import data as data_lib  # noqa: E402
 from toolkit import recipe as recipe_lib  # noqa: E402
-from toolkit import schedules  # noqa: E402
+from toolkit.worker import lr_schedules  # noqa: E402
+from toolkit.worker import runtime  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -46,9 +48,7 @@ class StepTimer(keras.callbacks.Callback):
 
 def set_threads(threads, pin_index=None):
     if pin_index is not None:
-        from toolkit import train
-
-        train.pin_to_cores(pin_index, threads)
+        runtime.pin_to_cores(pin_index, threads)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
 
@@ -68,18 +68,20 @@ def report(mode, options, times, world_size, batch_size_per_worker):
 
 
 def run_ours(options, recipe, config):
-    from toolkit import distributed
-    from toolkit import train
+    from toolkit.worker import distributed
+    from toolkit.worker import train
 
     config = config_lib.build(recipe.config_class, dict(
         options.overrides, intra_op_threads=str(options.threads), export="false",
         pin_cpus=str(options.pin).lower()))
     world = distributed.init()
-    train.configure_runtime(config, world)
+    with log_noise.hidden(verbose=False):
+        runtime.configure(config, world)
+    scale = lr_schedules.batch_scale(config, world.size)
     config = train.for_world(config, world)
     data = recipe.build_data(config, world.shard())
     steps_per_epoch = max(1, data.train_examples // config.batch_size_per_worker)
-    model, optimizer, _ = train.build_training(recipe, config, world, data, steps_per_epoch)
+    model, optimizer, _ = train.build_training(recipe, config, data, steps_per_epoch, scale)
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
     timer = StepTimer(options.warmup)
     model.fit(training_data(data, options.data), steps_per_epoch=options.warmup + options.steps,
@@ -90,8 +92,8 @@ def run_ours(options, recipe, config):
 
 def build_plain(recipe, config, data):
     model = recipe.build_model(config, data)
-    learning_rate = schedules.build(config, 1, 1000)
-    model.compile(optimizer=schedules.build_optimizer(config, learning_rate),
+    learning_rate = lr_schedules.build(config, scale=1.0, steps_per_epoch=1000)
+    model.compile(optimizer=lr_schedules.build_optimizer(config, learning_rate),
                   loss=recipe.build_loss(config), metrics=recipe.build_metrics(config))
     return model
 

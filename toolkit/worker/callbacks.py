@@ -1,4 +1,4 @@
-"""Keras callbacks the trainer adds after Horovod's (see distributed.first_callbacks).
+"""Keras callbacks the trainer adds after Horovod's (see ``distributed.first_callbacks``).
 
 None of these performs a collective, so the chief-only ones may safely run on rank 0
 alone; a chief-only callback that allreduced would deadlock the other ranks.
@@ -137,16 +137,19 @@ class Checkpointing(keras.callbacks.Callback):
     Runs on every rank: before a mid-epoch checkpoint all ranks call ``synchronise(model)``
     (a collective that averages batch-norm statistics), so the saved state is the state of
     every rank and a run resumed from it continues exactly as the uninterrupted one would.
-    Only the chief writes. At epoch ends the statistics were already averaged before
-    validation.
+    At epoch ends the statistics were already averaged before validation. Before every
+    checkpoint all ranks also call ``gather_random_states()`` (a collective: every rank's
+    dropout generator states, which differ per rank). Only the chief writes.
     """
 
-    def __init__(self, checkpointer, every_steps, steps_per_epoch, synchronise):
+    def __init__(self, checkpointer, every_steps, steps_per_epoch, synchronise,
+                 gather_random_states):
         super().__init__()
         self.checkpointer = checkpointer  # None on ranks other than the chief
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.synchronise = synchronise
+        self.gather_random_states = gather_random_states
 
     def on_train_begin(self, logs=None):
         self.step = int(self.model.optimizer.iterations.numpy())
@@ -157,11 +160,18 @@ class Checkpointing(keras.callbacks.Callback):
                 or self.step % self.steps_per_epoch == 0):
             return
         self.synchronise(self.model)
+        random_states = self.gather_random_states()
         if self.checkpointer is not None:
             self.checkpointer.save(epochs_done=self.step // self.steps_per_epoch,
-                                   steps_per_epoch=self.steps_per_epoch)
+                                   steps_per_epoch=self.steps_per_epoch,
+                                   random_states=random_states)
 
     def on_epoch_end(self, epoch, logs=None):
         # A run stopped mid-epoch (NaN) did not finish the epoch: do not record it as done.
-        if self.checkpointer is not None and not self.model.stop_training:
-            self.checkpointer.save(epochs_done=epoch + 1, steps_per_epoch=self.steps_per_epoch)
+        # (stop_training is set on every rank at the same step, so all skip together.)
+        if self.model.stop_training:
+            return
+        random_states = self.gather_random_states()
+        if self.checkpointer is not None:
+            self.checkpointer.save(epochs_done=epoch + 1, steps_per_epoch=self.steps_per_epoch,
+                                   random_states=random_states)

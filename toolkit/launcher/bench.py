@@ -1,6 +1,6 @@
 """``make bench``: throughput, scaling and peer comparisons, measured honestly.
 
-    python -m toolkit.bench --recipe=image --np="1 2" [--repeats=3] [--steps=40]
+    python -m toolkit.launcher.bench --recipe=image --np="1 2" [--repeats=3] [--steps=40]
                             [--warmup=10] [--hostfile=FILE] [--key=value ...]
 
 Every configuration below runs ``repeats`` times, interleaved (one of each, then again),
@@ -32,12 +32,14 @@ import sys
 
 import numpy as np
 
-import toolkit  # noqa: F401
+import toolkit
 from toolkit import config as config_lib
-from toolkit import hostfile as hostfile_lib
+from toolkit import errors
+from toolkit import log_noise
 from toolkit import recipe as recipe_lib
+from toolkit.launcher import hostfile as hostfile_lib
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = toolkit.PROJECT_ROOT
 TARGETS = {  # the issue's targets for the image recipe on a 2-core machine
     "toolkit_vs_plain_keras_np1": 0.97,
     "scaling_efficiency_np2": 0.85,
@@ -47,8 +49,8 @@ TARGETS = {  # the issue's targets for the image recipe on a 2-core machine
 
 
 def environment():
-    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_USE_LEGACY_KERAS="1",
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_USE_LEGACY_KERAS="1")
+    log_noise.set_level(verbose=False, environment=env)
     env.pop("TF_CONFIG", None)
     return env
 
@@ -64,7 +66,7 @@ def free_ports(count):
 
 
 def worker_command(options, mode, data, threads, workers=1, pin=True):
-    return [sys.executable, "-m", "toolkit.bench_worker", f"--mode={mode}",
+    return [sys.executable, "-m", "toolkit.worker.bench_worker", f"--mode={mode}",
             f"--recipe={options.recipe}", f"--data={data}", f"--threads={threads}",
             f"--pin={int(pin)}",
             f"--workers={workers}", f"--warmup={options.warmup}", f"--steps={options.steps}",
@@ -114,6 +116,12 @@ def run_measurement(options, spec):
         if parsed:
             return parsed
     return {"error": "\n".join(output[-1500:] for output in outputs)}
+
+
+def samples_per_second(result):
+    """Global samples/s of one measurement (the pipeline mode measures one worker)."""
+    workers = 1 if result["mode"] == "pipeline" else result["workers"]
+    return result["batch_size_per_worker"] * workers / statistics.mean(result["step_seconds"])
 
 
 def specs(options):
@@ -287,7 +295,7 @@ def write_tensorboard(directory, rows, ratios):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m toolkit.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m toolkit.launcher.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--np", default="1 2", help="worker counts, e.g. '1 2 4'")
@@ -298,21 +306,23 @@ def main(argv=None):
     parser.add_argument("--output_root", default=os.path.join(PROJECT_ROOT, "bench"))
     options, rest = parser.parse_known_args(argv)
     try:
-        options.np = sorted({int(part) for part in options.np.replace(",", " ").split()})
-        if not options.np or min(options.np) < 1 or 1 not in options.np:
-            raise ValueError("NP must list worker counts >= 1 and include 1 (the baseline), "
-                             f"got {options.np}")
+        parts = options.np.replace(",", " ").split()
+        counts = sorted({int(part) for part in parts if part.isdigit()})
+        if not parts or len(counts) != len(set(parts)) or 1 not in counts or counts[0] < 1:
+            raise errors.LaunchError("NP must list worker counts >= 1 and include 1 (the "
+                                     f"baseline), e.g. NP=\"1 2\"; got {options.np!r}")
+        options.np = counts
         if options.repeats < 1 or options.steps < 1 or options.warmup < 1:
-            raise ValueError("repeats, steps and warmup must be >= 1")
-        recipe = recipe_lib.get(options.recipe)
+            raise errors.LaunchError("repeats, steps and warmup must be >= 1")
+        with log_noise.hidden(verbose=False):
+            recipe = recipe_lib.get(options.recipe)
         options.overrides = config_lib.split_overrides(rest)
         config = config_lib.build(recipe.config_class, options.overrides)
         options.hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
         if options.hosts:
             hostfile_lib.check_np(options.hostfile, options.hosts, max(options.np))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except errors.UserError as error:
+        return errors.report(error)
     directory = os.path.join(options.output_root, recipe.name,
                              datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     os.makedirs(directory, exist_ok=True)
@@ -322,8 +332,8 @@ def main(argv=None):
         for item in items:
             result = run_measurement(options, item)
             results[item["name"]].append(result)
-            status = ("failed" if "error" in result else
-                      f"{result['batch_size_per_worker'] * (1 if item['mode'] == 'pipeline' else result['workers']) / statistics.mean(result['step_seconds']):.0f} samples/s")
+            status = ("failed" if "error" in result
+                      else f"{samples_per_second(result):.0f} samples/s")
             print(f"[bench] repeat {repeat + 1}/{options.repeats} {item['name']}: {status}",
                   flush=True)
     rows = [summarise(item, results[item["name"]]) for item in items]

@@ -7,7 +7,7 @@ an ssh config (user, identity file, ports, connect timeout, keep-alives) and a t
 ssh connection of the run, horovodrun's and ours, then uses the same settings.
 
 Commands are always argument lists; host names reaching here have been validated by
-toolkit/hostfile.py, so nothing a user writes can be run by a shell on this machine.
+toolkit/launcher/hostfile.py, so nothing a user writes can be run by a shell on this machine.
 """
 
 import concurrent.futures
@@ -19,6 +19,8 @@ import socket
 import subprocess
 import tempfile
 
+from toolkit import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class SshSettings:
@@ -27,10 +29,6 @@ class SshSettings:
     identity_file: str = ""  # "" = ssh's defaults (~/.ssh/id_*)
     known_hosts_file: str = ""  # "" = ~/.ssh/known_hosts
     connect_timeout: int = 30  # seconds; also bounds every reachability check
-
-
-class RemoteError(RuntimeError):
-    """A host cannot be used; the message names it and says what to fix."""
 
 
 def add_arguments(parser):
@@ -44,11 +42,11 @@ def add_arguments(parser):
 
 
 def settings_from(options):
-    """SshSettings from options added by ``add_arguments``; ValueError on bad values."""
+    """SshSettings from options added by ``add_arguments``; LaunchError on bad values."""
     if options.ssh_identity and not os.path.isfile(options.ssh_identity):
-        raise ValueError(f"SSH_IDENTITY file {options.ssh_identity} does not exist")
+        raise errors.LaunchError(f"SSH_IDENTITY file {options.ssh_identity} does not exist")
     if options.ssh_port and not 1 <= options.ssh_port <= 65535:
-        raise ValueError(f"SSH_PORT must be from 1 to 65535, got {options.ssh_port}")
+        raise errors.LaunchError(f"SSH_PORT must be from 1 to 65535, got {options.ssh_port}")
     return SshSettings(user=options.ssh_user, port=options.ssh_port,
                        identity_file=options.ssh_identity,
                        known_hosts_file=options.ssh_known_hosts,
@@ -104,7 +102,7 @@ def write_ssh_config(settings, hosts, directory):
         stream.write("\n".join(lines) + "\n")
     real_ssh = shutil.which("ssh")
     if real_ssh is None:
-        raise RemoteError("ssh is not installed on this machine (Debian: openssh-client)")
+        raise errors.RemoteError("ssh is not installed on this machine (Debian: openssh-client)")
     wrapper_dir = os.path.join(directory, "bin")
     os.makedirs(wrapper_dir, exist_ok=True)
     wrapper = os.path.join(wrapper_dir, "ssh")

@@ -12,14 +12,13 @@ horovodrun's ``host:slots`` syntax cannot express.
 import dataclasses
 import ipaddress
 import re
+import sys
+
+from toolkit import errors
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 VALID_LINE = ("'<host> slots=<n> [port=<ssh port>]' (a host name or IPv4 address, n >= 1, "
               "'#' starts a comment)")
-
-
-class HostfileError(ValueError):
-    """A hostfile line is not valid."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +50,8 @@ def _is_ipv6(name):
 
 
 def _error(path, number, text, problem):
-    return HostfileError(f"{path}:{number}: {text.strip()!r}: {problem}; each line must be "
-                         f"{VALID_LINE}")
+    return errors.HostfileError(f"{path}:{number}: {text.strip()!r}: {problem}; each line must be "
+                                f"{VALID_LINE}")
 
 
 def parse_line(path, number, text):
@@ -99,7 +98,7 @@ def parse_text(path, text):
         seen[host.name.lower()] = number
         hosts.append(host)
     if not hosts:
-        raise HostfileError(f"{path}: no hosts; each line must be {VALID_LINE}")
+        raise errors.HostfileError(f"{path}: no hosts; each line must be {VALID_LINE}")
     return hosts
 
 
@@ -109,7 +108,7 @@ def parse(path):
         with open(path) as stream:
             text = stream.read()
     except OSError as error:
-        raise HostfileError(f"cannot read hostfile {path}: {error.strerror}") from None
+        raise errors.HostfileError(f"cannot read hostfile {path}: {error.strerror}") from None
     return parse_text(path, text)
 
 
@@ -119,9 +118,9 @@ def total_slots(hosts):
 
 def check_np(path, hosts, np):
     if np > total_slots(hosts):
-        raise HostfileError(f"NP={np} is more than the {total_slots(hosts)} slots in {path} ("
-                            + ", ".join(f"{host.name}: {host.slots}" for host in hosts)
-                            + "); lower NP or add slots")
+        slots = ", ".join(f"{host.name}: {host.slots}" for host in hosts)
+        raise errors.HostfileError(f"NP={np} is more than the {total_slots(hosts)} slots in "
+                                   f"{path} ({slots}); lower NP or add slots")
 
 
 def horovod_hosts(hosts):
@@ -130,20 +129,17 @@ def horovod_hosts(hosts):
 
 
 def main(argv=None):
-    """``python -m toolkit.hostfile --discover FILE``: print ``host:slots`` lines, the host
+    """``python -m toolkit.launcher.hostfile --discover FILE``: print ``host:slots`` lines, the host
     discovery format of horovodrun's elastic mode. The launcher points horovodrun at this,
     so that editing the hostfile during an elastic run adds or removes hosts."""
-    import sys
-
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) != 2 or arguments[0] != "--discover":
-        print("usage: python -m toolkit.hostfile --discover HOSTFILE", file=sys.stderr)
+        print("usage: python -m toolkit.launcher.hostfile --discover HOSTFILE", file=sys.stderr)
         return 2
     try:
         hosts = parse(arguments[1])
-    except HostfileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except errors.UserError as error:
+        return errors.report(error)
     for host in hosts:
         print(f"{host.name}:{host.slots}")
     return 0

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import tempfile
 
-from toolkit import data as data_lib
+from toolkit import errors
 
 DEFAULT_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
@@ -162,7 +162,7 @@ def generate(output_dir, words, espeak_speakers, variations_per_speaker, seed, w
         return output_dir
     missing = missing_tools()
     if missing:
-        raise data_lib.DataError(
+        raise errors.DataError(
             "generating the speech data set needs the Debian packages espeak-ng, flite, "
             f"festival (with festvox voices) and sox; missing: {', '.join(missing)}. Run "
             "make setup, or pass --data_dir with your own recordings")

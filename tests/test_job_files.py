@@ -6,7 +6,9 @@ import subprocess
 import pytest
 import yaml
 
-from toolkit import schedulers
+from toolkit.launcher import job_files
+
+pytestmark = pytest.mark.fast
 
 FAKE_SCONTROL = """#!/bin/sh
 # Stands in for Slurm's scontrol: expands gpu[01-03] style lists as Slurm does.
@@ -29,9 +31,9 @@ FAKE_MAKE = '#!/bin/sh\nfor argument in "$@"; do echo "ARG $argument"; done\n'
 
 def test_slurm_script_is_valid_bash_and_derives_the_hostfile(tmp_path):
     output = tmp_path / "job.sbatch"
-    assert schedulers.main(["slurm", "--recipe=bert", "--nodes=3", "--gpus_per_node=4",
-                            f"--project_dir={tmp_path}", f"--output={output}",
-                            "--epochs=2", "--model=bert-base-uncased"]) == 0
+    assert job_files.main(["slurm", "--recipe=bert", "--nodes=3", "--gpus_per_node=4",
+                           f"--project_dir={tmp_path}", f"--output={output}",
+                           "--epochs=2", "--model=bert-base-uncased"]) == 0
     text = output.read_text()
     assert "#SBATCH --nodes=3" in text and "#SBATCH --gres=gpu:4" in text
     assert subprocess.run(["bash", "-n", str(output)]).returncode == 0
@@ -53,16 +55,16 @@ def test_slurm_script_is_valid_bash_and_derives_the_hostfile(tmp_path):
     arguments = [line[4:] for line in result.stdout.splitlines() if line.startswith("ARG ")]
     assert arguments == ["train", "RECIPE=bert", "HOSTFILE=hostfiles/slurm-4242", "NP=12",
                          "RUN_DIR=runs/4242", "ARGS=--epochs=2 --model=bert-base-uncased"]
-    from toolkit import hostfile as hostfile_lib
+    from toolkit.launcher import hostfile as hostfile_lib
 
     assert hostfile_lib.total_slots(hostfile_lib.parse_text("h", hostfile)) == 12
 
 
 def test_mpijob_manifest_has_the_required_fields(tmp_path):
     output = tmp_path / "job.yaml"
-    assert schedulers.main(["mpijob", "--recipe=image", "--nodes=4", "--gpus_per_node=8",
-                            "--image=registry.example/toolkit:1", "--project_dir=/workspace",
-                            f"--output={output}", "--epochs=3"]) == 0
+    assert job_files.main(["mpijob", "--recipe=image", "--nodes=4", "--gpus_per_node=8",
+                           "--image=registry.example/toolkit:1", "--project_dir=/workspace",
+                           f"--output={output}", "--epochs=3"]) == 0
     manifest = yaml.safe_load(output.read_text())
     assert manifest["apiVersion"] == "kubeflow.org/v2beta1" and manifest["kind"] == "MPIJob"
     assert manifest["metadata"]["name"] == "toolkit-image"
@@ -85,6 +87,6 @@ def test_mpijob_manifest_has_the_required_fields(tmp_path):
 ])
 def test_bad_input_is_refused_before_writing(tmp_path, capsys, arguments, message):
     output = tmp_path / "out"
-    assert schedulers.main(arguments + [f"--output={output}"]) == 2
+    assert job_files.main(arguments + [f"--output={output}"]) == 2
     assert message in capsys.readouterr().err
     assert not output.exists()

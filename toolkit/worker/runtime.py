@@ -1,0 +1,83 @@
+"""The worker's runtime: Horovod's environment, threads, device, precision and seeds.
+
+Everything here must happen before TensorFlow or Horovod does any work, so the trainer
+calls it first.
+"""
+
+import os
+import typing
+
+import tensorflow as tf
+import tf_keras as keras
+
+from toolkit import config as config_lib
+from toolkit import run_folder
+from toolkit.worker import distributed
+
+
+def configure_horovod(config: config_lib.TrainConfig, paths: run_folder.RunPaths) -> None:
+    """Horovod reads these from the environment at init, on every worker."""
+    if config.fusion_threshold_mb:
+        os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(config.fusion_threshold_mb * 2 ** 20))
+    if config.cycle_time_ms:
+        os.environ["HOROVOD_CYCLE_TIME"] = str(config.cycle_time_ms)
+    if config.autotune:
+        os.environ["HOROVOD_AUTOTUNE"] = "1"
+        os.environ["HOROVOD_AUTOTUNE_LOG"] = paths.autotune
+    if config.timeline:
+        # Rank 0 writes it; chrome://tracing or https://ui.perfetto.dev opens it.
+        os.environ["HOROVOD_TIMELINE"] = paths.timeline
+    # Horovod's stall check: warn when a rank is late to a collective, and (unlike
+    # Horovod's default, which warns forever) stop the job when it stays stuck.
+    os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(config.stall_check_seconds)
+    os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(config.stall_shutdown_seconds)
+
+
+def pin_to_cores(index: int, count: int) -> None:
+    """Restrict this process to the ``index``-th block of ``count`` usable cores."""
+    available = sorted(os.sched_getaffinity(0))
+    block = available[index * count:(index + 1) * count]
+    os.sched_setaffinity(0, block or available)
+
+
+def configure(config: config_lib.TrainConfig,
+              world: distributed.World) -> typing.Dict[str, typing.Any]:
+    """Thread pools, device, precision and seeds; return what was chosen (config.json)."""
+    # On CPU, workers on one host share its cores: each gets cores / workers intra-op
+    # threads, so that two workers do not each start a pool the size of the machine.
+    cores = len(os.sched_getaffinity(0))
+    intra_op = config.intra_op_threads or max(1, cores // world.local_size)
+    if config.pin_cpus and not tf.config.list_physical_devices("GPU"):
+        # Each worker on this host gets its own block of intra_op cores, and all its
+        # threads (Python, tf.data, Horovod's) stay there: exactly that many cores each.
+        pin_to_cores(world.local_rank, intra_op)
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(
+        config.inter_op_threads or (1 if intra_op == 1 else 2))
+    gpu = distributed.pin_to_local_gpu(world)
+    if gpu is None and _nvidia_device_files():
+        print(f"[toolkit] warning: rank {world.rank} on {world.hostname} sees NVIDIA devices "
+              "but TensorFlow finds no GPU (CUDA driver or libraries missing or mismatched); "
+              "training runs on the CPU. VERBOSE=1 shows TensorFlow's own messages",
+              flush=True)
+    if config.mixed_precision:
+        # float16 with loss scaling on GPUs; bfloat16 (no scaling needed) on CPUs.
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    # Same seed everywhere: identical initial weights and reproducible runs.
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        # Deterministic kernels, and dropout randomness held in variables (so it is saved
+        # in checkpoints and a resumed run draws the same masks).
+        tf.config.experimental.enable_op_determinism()
+        keras.backend.experimental.enable_tf_random_generator()
+    return {"intra_op_threads": intra_op, "device": gpu or "CPU",
+            "deterministic": config.deterministic}
+
+
+def _nvidia_device_files() -> bool:
+    """True when the kernel exposes NVIDIA GPUs (/dev/nvidia0, ...) to this process."""
+    try:
+        return any(name[len("nvidia"):].isdigit() for name in os.listdir("/dev")
+                   if name.startswith("nvidia"))
+    except OSError:
+        return False
