@@ -20,7 +20,7 @@ def test_killed_run_resumes_from_its_last_epoch_and_ends_on_plan(tmp_path):
     run_dir = str(tmp_path / "resume")
     steps_per_epoch, epochs = 40, 3
     arguments = ["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
-                 "--width=16", "--stages=3", f"--epochs={epochs}",
+                 f"--epochs={epochs}",
                  f"--max_steps_per_epoch={steps_per_epoch}"]
     first = start_launch(arguments, output=subprocess.DEVNULL)
     pointer = os.path.join(run_dir, "checkpoints", "checkpoint")
@@ -71,7 +71,7 @@ print("RESULT " + json.dumps({
 def test_export_predicts_on_raw_images_in_a_fresh_process(tmp_path):
     run_dir = str(tmp_path / "export")
     launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", "--epochs=1",
-            "--max_steps_per_epoch=250", "--max_validation_examples=512"], timeout=300)
+            "--max_steps_per_epoch=150", "--max_validation_examples=512"], timeout=300)
     images, labels = image.fashion_mnist_split(image.ImageConfig().fashion_mnist_dir, "t10k")
     images, labels = images[:200], labels[:200]
     images_path = str(tmp_path / "images.npz")
