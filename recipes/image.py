@@ -90,21 +90,20 @@ def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
     else:
         train, validation, class_names, description = _fashion_mnist_examples(config)
 
-    def prepare_for_training(image, label):
+    def prepare_for_training(image, label, seed):
         image = to_model_input(image, config.image_size, config.channels)
-        return (_augment(image) if config.augment else image), label
+        return (augment(image, seed) if config.augment else image), label
 
     def prepare_for_validation(image, label):
         return to_model_input(image, config.image_size, config.channels), label
 
-    train_batches, train_count = data_lib.make_pipeline(
-        train, shard=shard, config=config, training=True, maximum=config.max_train_examples,
-        prepare=prepare_for_training)
-    validation_batches, validation_count = data_lib.make_pipeline(
-        validation, shard=shard, config=config, training=False,
-        maximum=config.max_validation_examples, prepare=prepare_for_validation)
-    return data_lib.Data(train=train_batches, validation=validation_batches,
-                         train_examples=train_count, validation_examples=validation_count,
+    validation_batches, validation_count = data_lib.evaluation_pipeline(
+        validation, shard=shard, config=config, maximum=config.max_validation_examples,
+        prepare=prepare_for_validation)
+    return data_lib.Data(train=data_lib.training_stream(
+                             train, shard=shard, config=config,
+                             maximum=config.max_train_examples, prepare=prepare_for_training),
+                         validation=validation_batches, validation_examples=validation_count,
                          class_names=class_names, description=description)
 
 
@@ -284,13 +283,15 @@ def to_model_input(images, image_size, channels):
     return images / 255.0
 
 
-def _augment(image):
-    """Random horizontal flip and a shift of up to 1/8 of the side (pad, then crop)."""
+def augment(image, seed):
+    """Random horizontal flip and a shift of up to 1/8 of the side (pad, then crop), drawn
+    from ``seed`` (one per example, see toolkit.data.TrainingStream)."""
     size = image.shape[0]
     pad = max(size // 8, 1)
-    image = tf.image.random_flip_left_right(image)
+    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    return tf.image.random_crop(image, (size, size, image.shape[-1]))
+    return tf.image.stateless_random_crop(image, (size, size, image.shape[-1]), crop_seed)
 
 
 def check_data(config: ImageConfig) -> None:

@@ -129,7 +129,7 @@ def log_mel(waveforms, config):
     return tf.math.log(tf.tensordot(power, mel_matrix, 1) + 1e-6)
 
 
-def frequency_warp(features, max_warp):
+def frequency_warp(features, max_warp, seed):
     """Stretch or squeeze the mel axis by a random factor in [1 - max_warp, 1 + max_warp].
 
     A cheap stand-in for vocal tract length perturbation (Jaitly & Hinton, 2013): a longer
@@ -137,7 +137,7 @@ def frequency_warp(features, max_warp):
     sound like several speakers.
     """
     bands = features.shape[-1]
-    factor = tf.random.uniform([], 1.0 - max_warp, 1.0 + max_warp)
+    factor = tf.random.stateless_uniform([], seed, 1.0 - max_warp, 1.0 + max_warp)
     warped_bands = tf.cast(tf.round(bands * factor), tf.int32)
     warped = tf.image.resize(features[..., None], [tf.shape(features)[0], warped_bands])[..., 0]
     warped = warped[:, :bands]
@@ -147,54 +147,66 @@ def frequency_warp(features, max_warp):
     return tf.ensure_shape(warped, features.shape)
 
 
-def spec_augment(features, config):
+def spec_augment(features, config, seed):
     """SpecAugment (Park et al., 2019): zero random bands of mel bins and of frames, after
-    a random frequency warp."""
+    a random frequency warp; the random numbers come from ``seed``."""
+    seeds = iter(tf.unstack(tf.random.experimental.stateless_split(
+        seed, 1 + config.frequency_masks + config.time_masks)))
+    warp_seed = next(seeds)
     if config.frequency_warp:
-        features = frequency_warp(features, config.frequency_warp)
+        features = frequency_warp(features, config.frequency_warp, warp_seed)
     frames, bands = tf.shape(features)[0], tf.shape(features)[1]
     for _ in range(config.frequency_masks):
-        features = _mask(features, bands, 8, axis=1)
+        features = _mask(features, bands, 8, axis=1, seed=next(seeds))
     for _ in range(config.time_masks):
-        features = _mask(features, frames, 10, axis=0)
+        features = _mask(features, frames, 10, axis=0, seed=next(seeds))
     return features
 
 
-def _mask(features, size, max_width, axis):
-    width = tf.random.uniform([], 0, max_width + 1, tf.int32)
-    start = tf.random.uniform([], 0, tf.maximum(size - width, 1), tf.int32)
+def _mask(features, size, max_width, axis, seed):
+    width_seed, start_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    width = tf.random.stateless_uniform([], width_seed, 0, max_width + 1, tf.int32)
+    start = tf.random.stateless_uniform([], start_seed, 0, tf.maximum(size - width, 1),
+                                        tf.int32)
     positions = tf.range(size)
     keep = tf.logical_or(positions < start, positions >= start + width)
     keep = tf.cast(keep, features.dtype)
     return features * (keep[:, None] if axis == 0 else keep[None, :])
 
 
-def augment_waveform(waveform, noises, config):
-    """Random time shift, noise mixing and gain on one clip of fixed length."""
+def augment_waveform(waveform, noises, config, seed):
+    """Random time shift, noise mixing and gain on one clip of fixed length; the random
+    numbers come from ``seed``."""
+    shift_seed, noise_seed, level_seed, mix_seed, gain_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5))
     length = tf.shape(waveform)[0]
     limit = int(config.time_shift_seconds * SAMPLE_RATE)
-    shift = tf.random.uniform([], -limit, limit + 1, tf.int32)
+    shift = tf.random.stateless_uniform([], shift_seed, -limit, limit + 1, tf.int32)
     waveform = tf.roll(waveform, shift, axis=0)
     # Zero what wrapped around, so a shift moves the word instead of rotating it.
     positions = tf.range(length)
     waveform *= tf.cast(tf.logical_and(positions >= shift, positions < length + shift),
                         tf.float32)
     if noises is not None:
-        noise = _noise_segment(noises, length)
+        noise = _noise_segment(noises, length, noise_seed)
     else:
-        noise = tf.random.normal([length])
-    level = tf.random.uniform([], 0, config.max_noise_level)
-    mix = tf.cast(tf.random.uniform([]) < config.noise_probability, tf.float32)
+        noise = tf.random.stateless_normal([length], noise_seed)
+    level = tf.random.stateless_uniform([], level_seed, 0, config.max_noise_level)
+    mix = tf.cast(tf.random.stateless_uniform([], mix_seed) < config.noise_probability,
+                  tf.float32)
     waveform += mix * level * noise / (tf.math.reduce_std(noise) + 1e-6) * 0.3
-    gain = 10.0 ** (tf.random.uniform([], -config.gain_db, config.gain_db) / 20.0)
+    gain = 10.0 ** (tf.random.stateless_uniform([], gain_seed, -config.gain_db,
+                                                config.gain_db) / 20.0)
     return tf.clip_by_value(waveform * gain, -1.0, 1.0)
 
 
-def _noise_segment(noises, length):
+def _noise_segment(noises, length, seed):
     """A random ``length``-sample window of a random background-noise recording."""
-    index = tf.random.uniform([], 0, noises.nrows(), tf.int64)
+    index_seed, start_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    index = tf.random.stateless_uniform([], index_seed, 0, noises.nrows(), tf.int64)
     noise = noises[index]
-    start = tf.random.uniform([], 0, tf.maximum(tf.shape(noise)[0] - length, 1), tf.int32)
+    start = tf.random.stateless_uniform([], start_seed, 0,
+                                        tf.maximum(tf.shape(noise)[0] - length, 1), tf.int32)
     return fit_length(noise[start:], length)
 
 
@@ -379,22 +391,24 @@ def build_data(config: SpeechConfig, shard: data_lib.Shard) -> data_lib.Data:
     _required_splits(splits, data_dir)
     noises = _noise_tensor(noise_paths)
 
-    def train_example(waveform, label):
-        waveform = augment_waveform(waveform, noises, config)
-        return spec_augment(log_mel(waveform, config), config)[..., None], label
+    def train_example(waveform, label, seed):
+        waveform_seed, features_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 2))
+        waveform = augment_waveform(waveform, noises, config, waveform_seed)
+        features = spec_augment(log_mel(waveform, config), config, features_seed)
+        return features[..., None], label
 
-    train, train_count = data_lib.make_pipeline(
-        clip_examples(splits["train"], config), shard=shard, config=config, training=True,
+    train = data_lib.training_stream(
+        clip_examples(splits["train"], config), shard=shard, config=config,
         maximum=config.max_train_examples, prepare=train_example)
-    validation, validation_count = data_lib.make_pipeline(
+    validation, validation_count = data_lib.evaluation_pipeline(
         clip_examples(splits["validation"], config), shard=shard, config=config,
-        training=False, maximum=config.max_validation_examples,
+        maximum=config.max_validation_examples,
         prepare=lambda waveform, label: _features(waveform, label, config))
     skipped = (f"; skipped {report['skipped']} bad clips, e.g. "
                + "; ".join(report["skipped_examples"][:3])) if report["skipped"] else ""
     return data_lib.Data(
-        train=train, validation=validation,
-        train_examples=train_count, validation_examples=validation_count,
+        train=train, validation=validation, validation_examples=validation_count,
         class_names=labels,
         description=(f"{source}: {len(splits['train'])} train / {len(splits['validation'])} "
                      f"validation / {len(splits['test'])} test clips, "
@@ -457,8 +471,8 @@ def test_report(config: SpeechConfig, model: keras.Model,
     test = split_clips(clips, data_dir, config)["test"]
     if not test:
         return {}
-    features, _ = data_lib.make_pipeline(
-        clip_examples(test, config), shard=data_lib.Shard(), config=config, training=False,
+    features, _ = data_lib.evaluation_pipeline(
+        clip_examples(test, config), shard=data_lib.Shard(), config=config,
         prepare=lambda waveform, label: _features(waveform, label, config))
     predictions = np.argmax(model.predict(features, verbose=0), axis=-1)
     labels = np.array([clip.label for clip in test])

@@ -30,6 +30,27 @@ def environment(**extra):
     return env
 
 
+def faults(**values):
+    """The environment that asks the workers for test faults and recordings (see
+    toolkit/worker/faults)."""
+    return environment(TOOLKIT_TEST_FAULTS=",".join(f"{key}={value}"
+                                                    for key, value in values.items()))
+
+
+def recorded_examples(directory):
+    """{global step: example ids of the global batch, in rank order} from a run with
+    ``faults(record_examples=directory)`` (the last record of a step wins)."""
+    by_rank = {}
+    for name in sorted(os.listdir(directory)):
+        rank = int(name[len("rank"):-len(".jsonl")])
+        with open(os.path.join(directory, name)) as stream:
+            by_rank[rank] = {record["step"]: record["ids"]
+                             for record in map(json.loads, stream)}
+    steps = set.intersection(*(set(records) for records in by_rank.values()))
+    return {step: [i for rank in sorted(by_rank) for i in by_rank[rank][step]]
+            for step in steps}
+
+
 def run(command, timeout, check=True, env=None, **kwargs):
     """Run ``command`` from the project root; return the CompletedProcess (text output)."""
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env or environment(),

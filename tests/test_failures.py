@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import (PROJECT_ROOT, PYTHON, TINY_IMAGE, assert_nothing_left, checkpoint_steps,
-                     environment, kill_session, launch, read_json, start_launch, train_single,
+                     environment, faults, kill_session, launch, read_json, start_launch, train_single,
                      wait_for, worker_pids)
 
 pytestmark = pytest.mark.multiprocess
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.multiprocess
 def long_run(run_dir, *extra):
     return ["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE, "--epochs=50",
             "--max_steps_per_epoch=40", *extra]
-
-
-def faults(**values):
-    """The environment that asks the workers for test faults (see toolkit/worker/faults)."""
-    return environment(TOOLKIT_TEST_FAULTS=",".join(f"{key}={value}"
-                                                    for key, value in values.items()))
 
 
 @pytest.mark.timeout(200)

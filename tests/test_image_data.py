@@ -39,7 +39,7 @@ def test_folder_with_held_out_split(tmp_path):
                   "image_size": "16"})
     assert data.class_names == CLASSES
     assert (data.train_examples, data.validation_examples) == (24, 6)
-    images, labels = next(iter(data.train))
+    images, labels = next(iter(data.train.batches(0, 0, 1)))
     assert images.shape == (2, 16, 16, 3) and images.dtype == tf.float32
     assert float(tf.reduce_max(images)) <= 1.0 and float(tf.reduce_min(images)) >= 0.0
     assert set(labels.numpy()) <= {0, 1, 2}
@@ -127,3 +127,21 @@ def test_training_on_an_image_folder_end_to_end(tmp_path, run_dir):
     assert summary["global_steps"] == 2 * (33 // 4)
     labels = read_json(os.path.join(run_dir, "export", "labels.json"))
     assert labels["class_names"] == CLASSES
+
+
+@pytest.mark.fast
+def test_two_ranks_augment_the_same_image_differently(tmp_path):
+    """Every file holds the same picture, so any difference between batches is the
+    random flip and shift; each example draws its own, whichever rank takes it."""
+    pixels = np.zeros((16, 16), np.uint8)
+    pixels[2:14, 2:6] = 255  # a bar near the left edge: flips and shifts both show
+    for name in CLASSES:
+        os.makedirs(tmp_path / name)
+        for index in range(4):
+            Image.fromarray(pixels, "L").save(tmp_path / name / f"{index}.png")
+    options = {"data_dir": str(tmp_path), "validation_fraction": "0.25", "image_size": "16",
+               "augment": "true"}
+    first_batches = [next(iter(build(options, data_lib.Shard(rank, 2)).train.batches(0, 0, 1)))
+                     [0].numpy() for rank in (0, 1)]
+    for rank_0, rank_1 in zip(*first_batches):  # the k-th example of each rank
+        assert not np.array_equal(rank_0, rank_1)

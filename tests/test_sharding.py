@@ -1,4 +1,5 @@
-"""Shards: disjoint, equal, covering all but the remainder; the pipeline helper."""
+"""Shards and the training stream: global batches that do not depend on the number of
+workers, a stream that starts anywhere, evaluation data sharded before loading."""
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def test_stream_sharding_matches_index_sharding():
         assert taken == list(shard.indices(11))
 
 
-def pipeline_values(shard, training, maximum=0, count=23):
+def validation_values(shard, maximum=0, count=23):
     config = config_lib.TrainConfig(batch_size_per_worker=4, seed=7)
 
     def load(index):
@@ -38,28 +39,76 @@ def pipeline_values(shard, training, maximum=0, count=23):
         return index * 10
 
     examples = data.Examples(tf.data.Dataset.range(count), count=count, load=load)
-    batches, size = data.make_pipeline(examples, shard=shard, config=config,
-                                       training=training, maximum=maximum)
+    batches, size = data.evaluation_pipeline(examples, shard=shard, config=config,
+                                             maximum=maximum)
     return [batch.numpy().tolist() for batch in batches], size
 
 
-def test_pipeline_loads_only_this_workers_examples_and_batches_them():
-    shards = [data.Shard(index, 3) for index in range(3)]
-    validation = [pipeline_values(shard, training=False) for shard in shards]
-    # 23 examples over 3 workers: 7 each, the last 2 left out; validation keeps order.
+def test_validation_loads_only_this_workers_examples_and_keeps_their_order():
+    validation = [validation_values(data.Shard(index, 3)) for index in range(3)]
+    # 23 examples over 3 workers: 7 each, the last 2 left out.
     assert [size for _, size in validation] == [7, 7, 7]
     union = sorted(value for batches, _ in validation for batch in batches for value in batch)
     assert union == [10 * index for index in range(21)]
-    assert [len(batch) for batch in validation[0][0]] == [4, 3]
-    training, size = pipeline_values(shards[1], training=True)
-    assert size == 7 and [len(batch) for batch in training] == [4]  # full batches only
-    assert set(training[0]) <= {10 * index for index in range(1, 21, 3)}
+    assert validation[0][0] == [[0, 30, 60, 90], [120, 150, 180]]
+    limited, size = validation_values(data.Shard(0, 1), maximum=10)
+    assert size == 10 and sum(limited, []) == [10 * index for index in range(10)]
 
 
-def test_pipeline_limit_and_shuffle():
-    limited, size = pipeline_values(data.Shard(0, 1), training=False, maximum=10)
-    assert size == 10 and sorted(sum(limited, [])) == [10 * index for index in range(10)]
-    first, _ = pipeline_values(data.Shard(0, 1), training=True)
-    again, _ = pipeline_values(data.Shard(0, 1), training=True)
-    assert first == again  # seeded
+def stream(workers, rank, count=100, global_batch=12, max_steps=0, prepare=None):
+    config = config_lib.TrainConfig(batch_size_per_worker=global_batch // workers, seed=7,
+                                     max_steps_per_epoch=max_steps)
+    examples = data.Examples(tf.data.Dataset.range(count), count=count,
+                             load=lambda index: index * 10)
+    return data.training_stream(examples, shard=data.Shard(rank, workers), config=config,
+                                prepare=prepare)
+
+
+def global_batches(workers, epoch=0, step=0, end_epoch=2, **options):
+    """Each step's examples over all workers, in rank order, as loaded (index * 10)."""
+    per_rank = [[batch.numpy().tolist() for batch in
+                 stream(workers, rank, **options).batches(epoch, step, end_epoch)]
+                for rank in range(workers)]
+    return [sum(step_batches, []) for step_batches in zip(*per_rank)]
+
+
+def test_a_global_batch_holds_the_same_examples_on_any_number_of_workers():
+    one = global_batches(1)
+    assert len(one) == 2 * (100 // 12)  # full global batches only, two epochs
+    for workers in (2, 3, 4, 6):
+        assert global_batches(workers) == one, f"{workers} workers"
+
+
+def test_an_epoch_is_a_seeded_shuffle_without_repeats():
+    first, second = global_batches(1)[:8], global_batches(1)[8:]
+    for epoch in (first, second):
+        seen = sum(epoch, [])
+        assert len(set(seen)) == len(seen) == 96  # 100 // 12 batches, no example twice
     assert sum(first, []) != sorted(sum(first, []))  # shuffled
+    assert first != second  # reshuffled every epoch
+    assert global_batches(1) == global_batches(1)  # seeded
+
+
+def test_the_stream_starts_anywhere_without_replaying_the_steps_before():
+    full = global_batches(2)
+    assert global_batches(3, epoch=0, step=5) == full[5:]
+    assert global_batches(3, epoch=1, step=2) == full[8 + 2:]
+    limited = global_batches(2, max_steps=3)
+    assert len(limited) == 6 and limited[:3] == full[:3] and limited[3:] == full[8:11]
+
+
+def test_the_worker_ids_are_the_ones_its_batches_hold():
+    worker = stream(3, 1)
+    ids = [batch.numpy().tolist() for batch in worker.example_ids(1, 3, 2)]
+    loaded = [batch.numpy().tolist() for batch in worker.batches(1, 3, 2)]
+    assert [[10 * index for index in batch] for batch in ids] == loaded
+
+
+def test_augmentation_seeds_differ_per_example_and_not_with_the_number_of_workers():
+    def seed_of(index, seed):
+        return seed[1]
+
+    one = global_batches(1, prepare=seed_of)
+    assert one == global_batches(4, prepare=seed_of)
+    seeds = sum(one, [])
+    assert len(set(seeds)) == len(seeds)  # one stream per example and epoch

@@ -39,7 +39,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW only (decoupled), 0 leaves it off
 
     # Numerics and speed.
-    seed: int = 42  # same seed on every rank: same shuffles, same initial weights
+    seed: int = 42  # same on every rank: one data order, same initial weights; augmentation
+    # draws from (seed, epoch, example), so it differs between examples and ranks
     mixed_precision: bool = False  # float16 on GPU, bfloat16 on CPU
     jit_compile: bool = False  # XLA; off by default because it recompiles per shape
     intra_op_threads: int = 0  # 0 = CPU cores / local workers, so workers share cores

@@ -1,10 +1,19 @@
-"""Data plumbing shared by the recipes: shards, the pipeline helper and what a recipe's
-data builder hands back.
+"""Data plumbing shared by the recipes: shards, the training stream, the pipelines and
+what a recipe's data builder hands back.
 
 A recipe describes its examples in order (file paths, token rows, in-memory arrays: cheap
-to list) and how to load and prepare one; :func:`make_pipeline` does the rest the same
-way for every recipe: cut to ``max_*_examples``, take this worker's shard, load, cache,
-shuffle (training), prepare, batch and prefetch.
+to list) and how to load and prepare one; :func:`training_stream` and
+:func:`evaluation_pipeline` do the rest the same way for every recipe.
+
+Training data is one stream of global batches that does not depend on the number of
+workers. Each epoch puts the listed examples in an order drawn from (seed, epoch) and cuts
+it into global batches of ``batch_size_per_worker * workers`` examples; worker ``r`` of
+``W`` takes places ``r * b`` to ``(r + 1) * b - 1`` of every global batch. With a fixed
+``global_batch_size`` a global batch therefore holds the same examples on any number of
+workers, so a run resumed (or an elastic run reset) on another number of workers goes on
+with exactly the batches the uninterrupted run would have used. Random augmentation draws
+from a seed made of (run seed, epoch, the example's place in the listing): it differs from
+example to example, and so from rank to rank, and is the same again on a resume.
 """
 
 import dataclasses
@@ -22,7 +31,8 @@ BatchFunction = typing.Callable[[tf.data.Dataset, bool], tf.data.Dataset]
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-    """This worker's share of a data set.
+    """This worker's share of a data set (validation data; and its place in each global
+    batch of the training stream).
 
     Worker ``index`` of ``count`` takes elements ``index, index + count, ...``, cut to
     ``n // count`` elements so that every worker gets the same number. Shards are disjoint
@@ -45,25 +55,6 @@ class Shard:
         return dataset.shard(self.count, self.index).take(self.size(num_examples))
 
 
-@dataclasses.dataclass
-class Data:
-    """What a recipe's data builder returns, already sharded for this worker.
-
-    ``train`` is one pass over the worker's training shard, shuffled and batched with
-    ``batch_size_per_worker``; the trainer repeats it and runs
-    ``train_examples // batch_size_per_worker`` steps per epoch on every worker, so
-    recipes may pad or bucket batches freely. ``validation`` is the worker's validation
-    shard, batched. Counts are per worker and equal on all workers.
-    """
-
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
-    train_examples: int
-    validation_examples: int
-    class_names: typing.List[str]
-    description: str  # one line for logs and config.json, e.g. "Fashion-MNIST (Debian)"
-
-
 def limit(num_examples: int, maximum: int) -> int:
     """Apply a ``max_*_examples`` config value (0 means no limit)."""
     return num_examples if maximum == 0 else min(num_examples, maximum)
@@ -83,38 +74,142 @@ class Examples:
     load: typing.Optional[ExampleFunction] = None
 
 
-def make_pipeline(examples: Examples, *, shard: Shard, config: config_lib.TrainConfig,
-                  training: bool, maximum: int = 0,
-                  prepare: typing.Optional[ExampleFunction] = None,
-                  batch: typing.Optional[BatchFunction] = None,
-                  ) -> typing.Tuple[tf.data.Dataset, int]:
-    """This worker's batches of ``examples``, and how many examples they hold.
+def apply(function: ExampleFunction, element: Example, **keywords) -> Example:
+    """``function(*element)`` for a tuple element (tf.data's convention), else
+    ``function(element)``."""
+    if isinstance(element, tuple):
+        return function(*element, **keywords)
+    return function(element, **keywords)
 
-    The first ``maximum`` examples (0 = all) are sharded over the workers on the
-    listing, before anything expensive happens; then each example is loaded with
-    ``examples.load`` (for training the result is cached in memory), shuffled when
-    ``training`` (each worker with its own seed, reshuffled every pass), prepared with
-    ``prepare`` (augmentation and features; after the cache, so random augmentation
-    differs every epoch) and batched with ``batch_size_per_worker``. Training drops the
-    last partial batch so every step has a full batch. ``batch(dataset, training)``
-    replaces that batching (BERT pads batches by length).
+
+@dataclasses.dataclass(frozen=True)
+class TrainingStream:
+    """This worker's part of the training data's stream of global batches (see the module
+    docstring): build the batches from any point of the plan with :meth:`batches`.
+
+    ``prepare(*example, seed=seed)`` augments one loaded example; ``seed`` is a shape-[2]
+    int64 tensor for ``tf.random.stateless_*`` ops, unique to (run seed, epoch, example).
+    ``batch(dataset, training)`` replaces the plain batching; it must keep the order and
+    make batches of exactly ``batch_size`` examples (BERT pads each batch).
     """
+
+    examples: Examples  # its count is the number of examples used (after max_train_examples)
+    shard: Shard
+    batch_size: int  # per worker
+    seed: int
+    max_steps_per_epoch: int = 0  # 0: every full global batch of the epoch
+    prepare: typing.Optional[ExampleFunction] = None
+    batch: typing.Optional[BatchFunction] = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.shard.count
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return limit(self.examples.count // self.global_batch_size, self.max_steps_per_epoch)
+
+    def _epoch_seed(self, epoch: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.seed, tf.int64) * 1_000_003 + epoch
+
+    def global_batches(self, epoch: int, step: int, end_epoch: int) -> tf.data.Dataset:
+        """The global batches from step ``step`` of ``epoch`` to the end of epoch
+        ``end_epoch - 1``, each ``(epochs, listing indices, listing elements)`` of
+        ``global_batch_size`` examples. Nothing is loaded: skipping is cheap."""
+        count, size = self.examples.count, self.global_batch_size
+
+        def one_epoch(epoch_number):
+            order = self.examples.listing.take(count).enumerate().shuffle(
+                max(count, 1), seed=self._epoch_seed(epoch_number),
+                reshuffle_each_iteration=False)
+            return order.map(lambda index, element: (epoch_number, index, element)).batch(
+                size, drop_remainder=True).take(self.steps_per_epoch)
+
+        first = one_epoch(tf.constant(epoch, tf.int64)).skip(step)
+        return first.concatenate(
+            tf.data.Dataset.range(epoch + 1, max(end_epoch, epoch + 1)).flat_map(one_epoch))
+
+    def _mine(self, global_batches: tf.data.Dataset) -> tf.data.Dataset:
+        start = self.shard.index * self.batch_size
+        return global_batches.map(lambda *parts: tf.nest.map_structure(
+            lambda tensor: tensor[start:start + self.batch_size], parts))
+
+    def example_ids(self, epoch: int, step: int, end_epoch: int) -> tf.data.Dataset:
+        """The listing indices of the examples in each of this worker's batches, in the
+        order :meth:`batches` yields them."""
+        return self._mine(self.global_batches(epoch, step, end_epoch)).map(
+            lambda epochs, indices, elements: indices)
+
+    def batches(self, epoch: int, step: int, end_epoch: int) -> tf.data.Dataset:
+        """This worker's batches from step ``step`` of ``epoch`` to the end of epoch
+        ``end_epoch - 1``: loaded, prepared, batched and prefetched."""
+        count = self.examples.count
+        dataset = self._mine(self.global_batches(epoch, step, end_epoch)).unbatch()
+
+        def load_and_prepare(epoch_number, index, element):
+            example = (element if self.examples.load is None
+                       else apply(self.examples.load, element))
+            if self.prepare is None:
+                return example
+            seed = tf.stack([tf.cast(self.seed, tf.int64), epoch_number * count + index])
+            return apply(self.prepare, example, seed=seed)
+
+        dataset = dataset.map(load_and_prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.batch is not None:
+            dataset = self.batch(dataset, True)
+        else:
+            dataset = dataset.batch(self.batch_size, drop_remainder=True)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def training_stream(examples: Examples, *, shard: Shard, config: config_lib.TrainConfig,
+                    maximum: int = 0, prepare: typing.Optional[ExampleFunction] = None,
+                    batch: typing.Optional[BatchFunction] = None) -> TrainingStream:
+    """The training stream of the first ``maximum`` examples (0 = all) for this worker."""
+    examples = dataclasses.replace(examples, count=limit(examples.count, maximum))
+    return TrainingStream(examples, shard, config.batch_size_per_worker, config.seed,
+                          config.max_steps_per_epoch, prepare, batch)
+
+
+def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.TrainConfig,
+                        maximum: int = 0, prepare: typing.Optional[ExampleFunction] = None,
+                        batch: typing.Optional[BatchFunction] = None,
+                        ) -> typing.Tuple[tf.data.Dataset, int]:
+    """This worker's batches of ``examples`` for evaluation, and how many examples they
+    hold: the first ``maximum`` (0 = all) sharded over the workers on the listing, before
+    anything expensive happens, then loaded, prepared (``prepare(*example)``, no
+    randomness), batched with ``batch_size_per_worker`` (or by ``batch(dataset, False)``)
+    and kept in memory, since they are the same every epoch."""
     count = limit(examples.count, maximum)
     dataset = shard.take(examples.listing.take(count), count)
     if examples.load is not None:
         dataset = dataset.map(examples.load, num_parallel_calls=tf.data.AUTOTUNE)
-        if training:
-            dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(max(shard.size(count), 1), seed=config.seed + shard.index,
-                                  reshuffle_each_iteration=True)
     if prepare is not None:
         dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     if batch is not None:
-        dataset = batch(dataset, training)
+        dataset = batch(dataset, False)
     else:
-        dataset = dataset.batch(config.batch_size_per_worker, drop_remainder=training)
-    if not training:
-        # Validation is the same every epoch: keep the prepared batches.
-        dataset = dataset.cache()
-    return dataset.prefetch(tf.data.AUTOTUNE), shard.size(count)
+        dataset = dataset.batch(config.batch_size_per_worker)
+    return dataset.cache().prefetch(tf.data.AUTOTUNE), shard.size(count)
+
+
+@dataclasses.dataclass
+class Data:
+    """What a recipe's data builder returns, for this worker.
+
+    ``train`` is this worker's part of the training stream (:func:`training_stream`);
+    the trainer builds its batches from wherever the run stands. ``validation`` is the
+    worker's validation shard, batched (:func:`evaluation_pipeline`). Counts are per
+    worker and equal on all workers.
+    """
+
+    train: TrainingStream
+    validation: tf.data.Dataset
+    validation_examples: int
+    class_names: typing.List[str]
+    description: str  # one line for logs and config.json, e.g. "Fashion-MNIST (Debian)"
+
+    @property
+    def train_examples(self) -> int:
+        """Training examples per worker and epoch."""
+        return self.train.examples.count // self.train.shard.count

@@ -90,6 +90,15 @@ def _umask():
     return current
 
 
+def previous_config(run_dir: str) -> typing.Dict[str, typing.Any]:
+    """The config of the run ``run_dir`` holds ({} if none, or if unreadable: the checks
+    before launch report that)."""
+    try:
+        return read_json(RunPaths.of(run_dir).config).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def check_resumable(run_dir: str, recipe_name: str,
                     config_dict: typing.Dict[str, typing.Any]) -> bool:
     """Raise RunFolderError if ``run_dir`` holds a run this one must not resume or overwrite.

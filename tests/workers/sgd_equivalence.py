@@ -1,12 +1,12 @@
 """Run alone or under horovodrun by tests/test_multiprocess.py: train a linear classifier
-through the toolkit's trainer with plain SGD on a fixed global batch, unshuffled.
+through the toolkit's trainer with plain SGD on a fixed global batch.
 
     python tests/workers/sgd_equivalence.py RUN_DIR [key=value ...]
 
 The recipe below is defined here, not registered: any object that fits the Recipe
-contract can be trained. Its data is a fixed sequence of examples; worker r of n takes
-examples r, r+n, ... and batches them in order, so that the global batch k holds
-the same examples whatever n is. With no batch-coupled layers (no batch norm, no dropout)
+contract can be trained. Its data goes through the toolkit's training stream, in which
+global batch k holds the same examples whatever the number of workers n is (see
+toolkit.data). With no batch-coupled layers (no batch norm, no dropout)
 and plain SGD, n workers must then reach the weights one worker reaches, if gradients are
 averaged (not summed) and the learning rate follows the global batch.
 """
@@ -43,17 +43,15 @@ def examples(count, seed):
     generator = np.random.default_rng(seed)
     features = generator.normal(size=(count, FEATURES)).astype(np.float32)
     labels = np.argmax(features[:, :CLASSES], axis=1).astype(np.int32)
-    return tf.data.Dataset.from_tensor_slices((features, labels)), count
+    return data_lib.Examples(tf.data.Dataset.from_tensor_slices((features, labels)), count)
 
 
 def build_data(config, shard):
-    (train_set, train_count), (validation_set, validation_count) = (
-        examples(TRAIN, seed=1), examples(VALIDATION, seed=2))
+    validation, validation_count = data_lib.evaluation_pipeline(
+        examples(VALIDATION, seed=2), shard=shard, config=config)
     return data_lib.Data(
-        train=shard.take(train_set, train_count).batch(config.batch_size_per_worker,
-                                                       drop_remainder=True),
-        validation=shard.take(validation_set, validation_count).batch(32),
-        train_examples=shard.size(train_count), validation_examples=shard.size(validation_count),
+        train=data_lib.training_stream(examples(TRAIN, seed=1), shard=shard, config=config),
+        validation=validation, validation_examples=validation_count,
         class_names=[str(index) for index in range(CLASSES)], description="linear test data")
 
 

@@ -200,14 +200,26 @@ def prepare(argv):
     if options.start_timeout < 1:
         raise errors.LaunchError(f"START_TIMEOUT must be a number of seconds >= 1, got "
                                  f"{options.start_timeout}")
-    if options.elastic and not config.global_batch_size:
+    run_dir = os.path.abspath(options.run_dir or run_folder.default_path(options.runs_root,
+                                                                         recipe.name))
+    kept = run_folder.previous_config(run_dir).get("global_batch_size")
+    if not config.global_batch_size and kept:
+        # A resumed run keeps the fixed global batch it started with (an elastic run set
+        # one for itself), so that it goes on with the same batches on any world size.
+        overrides["global_batch_size"] = str(kept)
+        config = config_lib.build(recipe.config_class, overrides)
+    elif options.elastic and not config.global_batch_size:
         # Elastic runs keep the global batch of the starting world whatever happens later.
         overrides["global_batch_size"] = str(config.batch_size_per_worker * np)
         config = config_lib.build(recipe.config_class, overrides)
     check_elastic(options, hosts, np, config)
+    if config.global_batch_size % np and not options.elastic:
+        raise errors.LaunchError(
+            f"global_batch_size={config.global_batch_size} cannot be split evenly over NP={np} "
+            "workers (each takes an equal part of it); choose an NP that divides it"
+            + (f" (RUN_DIR {run_dir} was started with it, and a resumed run keeps it)"
+               if kept else ""))
     settings = ssh_settings(options)
-    run_dir = os.path.abspath(options.run_dir or run_folder.default_path(options.runs_root,
-                                                                         recipe.name))
     run_folder.check_resumable(run_dir, recipe.name, config_lib.to_dict(config))
     run_folder.check_writable(run_dir)
     # key=value without dashes: horovodrun parses dashed words after the command as its

@@ -53,11 +53,16 @@ def set_threads(threads, pin_index=None):
     tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
 
 
+def endless_batches(data):
+    """This worker's training batches, epoch after epoch, for as long as asked."""
+    return data.train.batches(0, 0, 1 << 30)
+
+
 def training_data(data, kind):
     if kind == "synthetic":
-        batch = next(iter(data.train.take(1)))
+        batch = next(iter(endless_batches(data)))
         return tf.data.Dataset.from_tensors(batch).repeat()
-    return data.train.repeat()
+    return endless_batches(data)
 
 
 def report(mode, options, times, world_size, batch_size_per_worker):
@@ -80,7 +85,7 @@ def run_ours(options, recipe, config):
     scale = lr_schedules.batch_scale(config, world.size)
     config = train.for_world(config, world)
     data = recipe.build_data(config, world.shard())
-    steps_per_epoch = max(1, data.train_examples // config.batch_size_per_worker)
+    steps_per_epoch = max(1, data.train.steps_per_epoch)
     model, optimizer, _ = train.build_training(recipe, config, data, steps_per_epoch, scale)
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
     timer = StepTimer(options.warmup)
@@ -130,7 +135,7 @@ def run_mwms(options, recipe, config):
 def run_pipeline(options, recipe, config):
     set_threads(options.threads, 0 if options.pin else None)
     data = recipe.build_data(config, data_lib.Shard(0, options.workers))
-    iterator = iter(data.train.repeat())
+    iterator = iter(endless_batches(data))
     for _ in range(options.warmup):
         next(iterator)
     times = []

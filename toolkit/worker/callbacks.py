@@ -163,7 +163,6 @@ class Checkpointing(keras.callbacks.Callback):
         random_states = self.gather_random_states()
         if self.checkpointer is not None:
             self.checkpointer.save(epochs_done=self.step // self.steps_per_epoch,
-                                   steps_per_epoch=self.steps_per_epoch,
                                    random_states=random_states)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -173,5 +172,4 @@ class Checkpointing(keras.callbacks.Callback):
             return
         random_states = self.gather_random_states()
         if self.checkpointer is not None:
-            self.checkpointer.save(epochs_done=epoch + 1, steps_per_epoch=self.steps_per_epoch,
-                                   random_states=random_states)
+            self.checkpointer.save(epochs_done=epoch + 1, random_states=random_states)

@@ -1,4 +1,12 @@
-"""Checkpoints: model, optimizer (with its step counter) and where in the schedule we are.
+"""Checkpoints: model, optimizer (with its step counter) and where in the plan we are.
+
+A checkpoint records its position with the plan it was measured against (training
+examples per epoch, global batch, steps per epoch), so that a run resumed on another
+number of workers converts it: with the same global batch the position is the same step
+of the same stream of global batches (see toolkit.data); with another global batch (no
+fixed ``global_batch_size``), the run goes on at the same point of the epoch, counted in
+examples, and the step counter the learning-rate schedule reads is moved to the new plan's
+step for that point. It also keeps the list of world sizes the run has used.
 
 Only the chief writes. ``tf.train.CheckpointManager`` writes a checkpoint's data into a
 temporary folder, merges it into ``ckpt-<step>.index`` / ``.data-*``, and only then
@@ -9,6 +17,7 @@ cannot be read anyway (a disk that lied), restore falls back to the one before i
 """
 
 import dataclasses
+import json
 import os
 import typing
 
@@ -17,14 +26,52 @@ import tensorflow as tf
 
 from toolkit import errors
 
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a position is measured against: the training examples per epoch (all
+    workers), the global batch and the steps per epoch of the world that runs."""
+
+    examples_per_epoch: int
+    global_batch_size: int
+    steps_per_epoch: int
+
+
 @dataclasses.dataclass(frozen=True)
 class Position:
-    """Where a run stands: completed epochs, steps into the next epoch, global step."""
+    """Where a run stands, in the running world's steps: completed epochs, steps into the
+    next epoch, global step; and, after a resume, the checkpoint and how it was read."""
 
     epochs_done: int = 0
     steps_into_epoch: int = 0
     global_step: int = 0
     checkpoint: str = ""
+    conversion: str = ""  # how a checkpoint of another plan was read, for the log
+
+
+def convert(epochs_done: int, global_step: int, saved: Plan,
+            plan: Plan) -> typing.Tuple[Position, str]:
+    """The position in ``plan`` of a checkpoint saved at (``epochs_done``,
+    ``global_step``) under ``saved``, and a note when the two plans differ."""
+    into_epoch = global_step - epochs_done * saved.steps_per_epoch
+    if saved == plan:
+        return Position(epochs_done, into_epoch, global_step), ""
+    if saved.examples_per_epoch != plan.examples_per_epoch:
+        # Other data: the examples seen so far in this epoch cannot be told apart.
+        note = (f"the training data changed ({saved.examples_per_epoch} -> "
+                f"{plan.examples_per_epoch} examples per epoch), so epoch {epochs_done + 1} "
+                "starts again from its beginning")
+        return Position(epochs_done, 0, epochs_done * plan.steps_per_epoch), note
+    examples_into_epoch = into_epoch * saved.global_batch_size
+    into_epoch = examples_into_epoch // plan.global_batch_size
+    if into_epoch >= plan.steps_per_epoch:
+        epochs_done, into_epoch = epochs_done + 1, 0
+    note = (f"the global batch changed ({saved.global_batch_size} -> "
+            f"{plan.global_batch_size}): {examples_into_epoch} examples into epoch "
+            f"{epochs_done + 1} is step {into_epoch} of {plan.steps_per_epoch} now "
+            f"(global step {global_step} -> {epochs_done * plan.steps_per_epoch + into_epoch}"
+            "; the learning-rate schedule follows the new plan)")
+    return Position(epochs_done, into_epoch, epochs_done * plan.steps_per_epoch + into_epoch), note
 
 
 def random_generators(model) -> typing.List[tf.random.Generator]:
@@ -63,18 +110,24 @@ def set_random_states(generators: typing.Sequence[tf.random.Generator],
 
 class Checkpointer:
     """Saves and restores the model, the optimizer (with its step counter), every rank's
-    dropout generator states (see random_generators) and the epochs done (chief only).
+    dropout generator states (see random_generators), the epochs done with the plan they
+    count in, and the world sizes used so far (``worlds``, a list the trainer keeps up to
+    date). Only the chief writes.
 
     ``after_write(path)``, if given, is called when a checkpoint's files are written and
     before the pointer moves to it (the fault-injection tests pause there).
     """
 
-    def __init__(self, directory: str, model, optimizer, keep: int,
+    def __init__(self, directory: str, model, optimizer, keep: int, plan: Plan,
                  after_write: typing.Optional[typing.Callable[[str], None]] = None):
         self.directory = directory
+        self.plan = plan
+        self.worlds: typing.List[typing.Dict[str, int]] = []
         self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
-        self.steps_per_epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                           name="steps_per_epoch")
+        self.saved_plan = [tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+                           for name in ("examples_per_epoch", "global_batch_size",
+                                        "steps_per_epoch")]
+        self.saved_worlds = tf.Variable("[]", dtype=tf.string, trainable=False, name="worlds")
         # [ranks, generators, state size]; its shape follows the world that saved it.
         self.random_states = tf.Variable(np.zeros([0, 0, 0], np.int64),
                                          shape=tf.TensorShape(None), trainable=False,
@@ -82,7 +135,9 @@ class Checkpointer:
         self.optimizer = optimizer
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epochs_done=self.epochs_done,
-            steps_per_epoch=self.steps_per_epoch, random_states=self.random_states)
+            examples_per_epoch=self.saved_plan[0], global_batch_size=self.saved_plan[1],
+            steps_per_epoch=self.saved_plan[2], random_states=self.random_states,
+            worlds=self.saved_worlds)
         self.write_options = (tf.train.CheckpointOptions(
             experimental_write_callbacks=[after_write]) if after_write else None)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep,
@@ -92,12 +147,10 @@ class Checkpointer:
     def latest(self):
         return self.manager.latest_checkpoint
 
-    def restore(self, steps_per_epoch: int) -> Position:
-        """Restore the newest readable checkpoint; return its Position (zero if none).
-
-        A checkpoint written with another number of steps per epoch (a different world
-        size or data) resumes at the start of its next epoch.
-        """
+    def restore(self) -> Position:
+        """Restore the newest readable checkpoint; return its Position in this plan (zero
+        if none), moving the optimizer's step counter there when the plans differ (see
+        :func:`convert`). ``worlds`` becomes the checkpoint's list."""
         candidates = list(reversed(self.manager.checkpoints))
         problems = []
         for path in candidates:
@@ -110,28 +163,29 @@ class Checkpointer:
             except (tf.errors.OpError, ValueError, AssertionError, IndexError) as error:
                 problems.append(f"{path}: {str(error).splitlines()[0]}")
                 continue
-            epochs_done = int(self.epochs_done.numpy())
-            global_step = int(self.optimizer.iterations.numpy())
-            into_epoch = global_step - epochs_done * int(self.steps_per_epoch.numpy())
-            if int(self.steps_per_epoch.numpy()) != steps_per_epoch or not (
-                    0 <= into_epoch < steps_per_epoch):
-                into_epoch = 0
+            saved = Plan(*(int(variable.numpy()) for variable in self.saved_plan))
+            position, note = convert(int(self.epochs_done.numpy()),
+                                     int(self.optimizer.iterations.numpy()), saved, self.plan)
+            self.optimizer.iterations.assign(position.global_step)
+            self.worlds = json.loads(self.saved_worlds.numpy().decode())
             if problems:
                 print(f"[toolkit] warning: skipped unreadable checkpoints: "
                       f"{'; '.join(problems)}; resuming from {os.path.basename(path)}",
                       flush=True)
-            return Position(epochs_done, into_epoch, global_step, path)
+            return dataclasses.replace(position, checkpoint=path, conversion=note)
         if problems:
             raise errors.CheckpointError(f"no checkpoint in {self.directory} can be read: "
                                          + "; ".join(problems))
         return Position()
 
-    def save(self, epochs_done: int, steps_per_epoch: int,
+    def save(self, epochs_done: int,
              random_states: typing.Optional[np.ndarray] = None) -> str:
         """Write a checkpoint; raise CheckpointError (naming the folder) if it fails.
         ``random_states`` are every rank's generator states, [ranks, generators, size]."""
         self.epochs_done.assign(epochs_done)
-        self.steps_per_epoch.assign(steps_per_epoch)
+        for variable, value in zip(self.saved_plan, dataclasses.astuple(self.plan)):
+            variable.assign(value)
+        self.saved_worlds.assign(json.dumps(self.worlds))
         if random_states is not None:
             self.random_states.assign(random_states)
         try:

@@ -1,10 +1,12 @@
-"""Test-only fault injection. Off, and a no-op, unless ``TOOLKIT_TEST_FAULTS`` is set.
+"""Test-only fault injection and recording. Off, and a no-op, unless
+``TOOLKIT_TEST_FAULTS`` is set.
 
 The failure tests need faults that real runs meet by accident, at a moment the test
 chooses: a loss that turns NaN on one rank at one step, a process killed while a
-checkpoint is half written. The trainer reads the variable once and passes the parsed
-:class:`Faults` to the two hooks below; with the variable unset both do nothing and the
-training path is the production one. ``TOOLKIT_TEST_FAULTS`` is a comma-separated list
+checkpoint is half written; the resume tests need to see which examples every step
+trained on. The trainer reads the variable once and passes the parsed :class:`Faults` to
+the hooks below; with the variable unset they do nothing and the training path is the
+production one. ``TOOLKIT_TEST_FAULTS`` is a comma-separated list
 of ``key=value``:
 
 ``nan_at_step=N,nan_rank=R``
@@ -16,7 +18,14 @@ of ``key=value``:
     on the chief, when the K-th checkpoint of this process has written its files but the
     ``checkpoint`` pointer has not moved to it yet, write the checkpoint's path to PATH
     and sleep, so that the test can kill the run exactly there.
+``record_examples=DIR``
+    every rank appends one JSON line per training batch to ``DIR/rank<R>.jsonl``:
+    ``{"step": global step (0-based), "ids": listing indices of its examples}``. Lines
+    are written when the input pipeline produces a batch, which may be a few steps before
+    the model trains on it.
 """
+
+import json
 
 import dataclasses
 import os
@@ -36,6 +45,7 @@ class Faults:
     stall_rank: int = 0
     pause_at_checkpoint: int = 0
     pause_marker: str = ""
+    record_examples: str = ""
 
 
 def from_environment(environment=os.environ) -> Faults:
@@ -105,3 +115,24 @@ def after_checkpoint_write(faults: Faults) -> typing.Optional[typing.Callable[[s
             time.sleep(1)
 
     return pause
+
+
+def record_examples(batches: tf.data.Dataset, example_ids: tf.data.Dataset, rank: int,
+                    first_step: int, faults: Faults) -> tf.data.Dataset:
+    """``batches`` unchanged, recording each one's example ids when ``faults`` asks for
+    it (``example_ids`` yields them batch by batch, in the same order)."""
+    if not faults.record_examples:
+        return batches
+    path = os.path.join(faults.record_examples, f"rank{rank}.jsonl")
+
+    def write(step, ids):
+        with open(path, "a") as stream:
+            stream.write(json.dumps({"step": int(step), "ids": ids.numpy().tolist()}) + "\n")
+        return step
+
+    def recorded(step, ids, batch):
+        with tf.control_dependencies([tf.py_function(write, [step, ids], tf.int64)]):
+            return tf.nest.map_structure(tf.identity, batch)
+
+    steps = tf.data.Dataset.range(first_step, first_step + 2**40)
+    return tf.data.Dataset.zip((steps, example_ids, batches)).map(recorded)

@@ -109,6 +109,7 @@ class Session:
     checkpointer: checkpoints.Checkpointer
     watchdog: guards.StallWatchdog  # one per process: its thread outlives elastic resets
     random_generators: typing.List[tf.random.Generator]  # dropout's, when deterministic
+    faults: faults_lib.Faults  # test hooks, all off in real runs
 
 
 @dataclasses.dataclass
@@ -193,13 +194,12 @@ def prepare_data(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
                  agree_on_steps: bool = True) -> typing.Tuple[data_lib.Data, int]:
     """This worker's data and the number of steps per epoch, equal on every worker."""
     data = recipe.build_data(config, world.shard())
-    steps_per_epoch = data.train_examples // config.batch_size_per_worker
+    steps_per_epoch = data.train.steps_per_epoch
     if steps_per_epoch == 0:
         raise errors.TrainingError(
-            f"each worker's training shard has {data.train_examples} examples, fewer than "
-            f"batch_size_per_worker={config.batch_size_per_worker}; lower the batch size or NP")
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+            f"the training set has {data.train.examples.count} examples, fewer than one "
+            f"global batch ({world.size} workers x {config.batch_size_per_worker}); lower "
+            "the batch size or NP")
     if data.validation_examples == 0:
         raise errors.TrainingError("each worker's validation shard is empty; give more "
                                    "validation data or fewer workers")
@@ -257,8 +257,11 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
         recipe, config, data, steps_per_epoch,
         lr_scale=lr_schedules.batch_scale(user_config, world.size))
     faults_lib.install_in_model(model, world.rank, faults)
+    plan = checkpoints.Plan(examples_per_epoch=data.train.examples.count,
+                            global_batch_size=data.train.global_batch_size,
+                            steps_per_epoch=steps_per_epoch)
     checkpointer = checkpoints.Checkpointer(
-        paths.checkpoints, model, optimizer, keep=config.checkpoints_to_keep,
+        paths.checkpoints, model, optimizer, keep=config.checkpoints_to_keep, plan=plan,
         after_write=faults_lib.after_checkpoint_write(faults))
     watchdog = guards.StallWatchdog(world.rank, config.stall_check_seconds,
                                     config.stall_shutdown_seconds)
@@ -266,7 +269,7 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                    runtime=chosen_runtime, data=data, steps_per_epoch=steps_per_epoch,
                    model=model, optimizer=optimizer, guard=guard, checkpointer=checkpointer,
                    watchdog=watchdog,
-                   random_generators=checkpoints.random_generators(model))
+                   random_generators=checkpoints.random_generators(model), faults=faults)
 
 
 # ------------------------------------------------------------------ 3. restore or start
@@ -276,11 +279,12 @@ def restore_or_start(session: Session, world: distributed.World) -> checkpoints.
     """The chief restores the newest readable checkpoint (its run folder may be the only
     copy); every rank learns where the run stands, or why it cannot continue, from one
     broadcast, and takes the chief's variables. Each rank takes its own dropout generator
-    states from the checkpoint (rank 0's when the world size changed)."""
+    states from the checkpoint (rank 0's when the world size changed). The run's list of
+    world sizes gets this world when it differs from the last."""
     position, message, random_states = checkpoints.Position(), None, None
     if world.is_chief:
         try:
-            position = session.checkpointer.restore(session.steps_per_epoch)
+            position = session.checkpointer.restore()
             random_states = session.checkpointer.random_states.numpy()
         except errors.CheckpointError as error:
             message = str(error)
@@ -288,6 +292,8 @@ def restore_or_start(session: Session, world: distributed.World) -> checkpoints.
         (position, message, random_states))
     if message:
         raise errors.CheckpointError(message)
+    session.checkpointer.worlds = note_world(
+        session.checkpointer.worlds, world, session.checkpointer.plan, position.global_step)
     distributed.broadcast_variables(session.model.variables
                                     + list(session.optimizer.variables))
     if session.random_generators and random_states is not None and random_states.size:
@@ -305,17 +311,31 @@ def gather_random_states(session: Session) -> typing.Optional[np.ndarray]:
         checkpoints.random_states(session.random_generators)))
 
 
+def note_world(worlds: typing.List[typing.Dict[str, int]], world: distributed.World,
+               plan: checkpoints.Plan, global_step: int) -> typing.List[typing.Dict[str, int]]:
+    """``worlds`` (the run's world sizes so far, as summary.json lists them) with this
+    world added if its size or global batch differs from the last one's."""
+    entry = {"world_size": world.size, "global_batch_size": plan.global_batch_size,
+             "from_global_step": global_step}
+    if worlds and all(worlds[-1][key] == entry[key]
+                      for key in ("world_size", "global_batch_size")):
+        return worlds
+    return worlds + [entry]
+
+
 def fit_segments(position: checkpoints.Position, epochs: int,
-                 steps_per_epoch: int) -> typing.List[typing.Tuple[int, int, int]]:
+                 steps_per_epoch: int) -> typing.List[typing.Tuple[int, int, int, int]]:
     """The ``model.fit`` calls that finish the plan from ``position``: first the rest of a
-    half-done epoch, then whole epochs. Each is (first epoch, last epoch + 1, steps)."""
+    half-done epoch, then whole epochs. Each is (first epoch, last epoch + 1, first step
+    of the first epoch, steps per epoch)."""
     segments = []
     epoch = position.epochs_done
     if position.steps_into_epoch and epoch < epochs:
-        segments.append((epoch, epoch + 1, steps_per_epoch - position.steps_into_epoch))
+        segments.append((epoch, epoch + 1, position.steps_into_epoch,
+                         steps_per_epoch - position.steps_into_epoch))
         epoch += 1
     if epoch < epochs:
-        segments.append((epoch, epochs, steps_per_epoch))
+        segments.append((epoch, epochs, 0, steps_per_epoch))
     return segments
 
 
@@ -360,27 +380,27 @@ def make_callbacks(session: Session, world: distributed.World,
     return callbacks, nonfinite, progress
 
 
-def run_fit(session: Session, data: data_lib.Data,
-            rebuild_train: typing.Callable[[], tf.data.Dataset],
+def run_fit(session: Session, data: data_lib.Data, world: distributed.World,
             position: checkpoints.Position, callbacks: typing.List[keras.callbacks.Callback],
             progress: typing.Optional[callbacks_lib.Progress]) -> Logs:
     """Train from ``position`` to the end of the plan; return the merged History dict.
 
-    The training dataset is a seeded sequence of batches; a resumed run skips the batches
-    already trained on (the global step), replaying the input pipeline without the model,
-    so that it sees exactly the batches the uninterrupted run would have. A second fit
-    call (after finishing a half-done epoch) needs a freshly built dataset: a dataset
-    object's reshuffling seeds advance with every pass, even across iterators, so reusing
-    it would not replay the same order.
+    The training data is one stream of global batches fixed by the seed (see
+    toolkit.data): each fit call builds it from where the run stands, skipping the
+    batches already trained on before anything is loaded, so a resumed run sees exactly
+    the batches the uninterrupted run would have.
     """
     config, model, logs = session.config, session.model, {}
     step = position.global_step
-    for index, (first_epoch, end_epoch, steps) in enumerate(
-            fit_segments(position, config.epochs, session.steps_per_epoch)):
+    for first_epoch, end_epoch, first_step, steps in fit_segments(
+            position, config.epochs, session.steps_per_epoch):
         if progress is not None:
-            progress.step_offset = session.steps_per_epoch - steps
-        train = data.train if index == 0 else rebuild_train()
-        history = model.fit(train.repeat().skip(step), initial_epoch=first_epoch,
+            progress.step_offset = first_step
+        train = faults_lib.record_examples(
+            data.train.batches(first_epoch, first_step, end_epoch),
+            data.train.example_ids(first_epoch, first_step, end_epoch), world.rank, step,
+            session.faults)
+        history = model.fit(train, initial_epoch=first_epoch,
                             epochs=end_epoch, steps_per_epoch=steps,
                             validation_data=data.validation, callbacks=callbacks, verbose=0)
         for key, values in history.history.items():
@@ -401,9 +421,7 @@ def fit_static(session: Session, world: distributed.World) -> FitResult:
     if world.is_chief:
         write_run_config(session, world, workers, session.data, position)
     callbacks, nonfinite, progress = make_callbacks(session, world, position, session.data)
-    logs = run_fit(session, session.data,
-                   lambda: session.recipe.build_data(session.config, world.shard()).train,
-                   position, callbacks, progress)
+    logs = run_fit(session, session.data, world, position, callbacks, progress)
     return FitResult(logs=logs, nonfinite=nonfinite, world=world, data=session.data,
                      position=position, resets=[])
 
@@ -429,12 +447,13 @@ class ElasticFit:
 
     def __init__(self, session: Session):
         self.session = session
-        self.restored = (session.checkpointer.restore(session.steps_per_epoch)
+        self.restored = (session.checkpointer.restore()
                          if distributed.current_world().is_chief else checkpoints.Position())
         self.resets: typing.List[typing.Dict[str, typing.Any]] = []
         self.result: typing.Optional[FitResult] = None
         self.state = distributed.elastic_state(session.model, session.optimizer,
-                                               steps_per_epoch=session.steps_per_epoch)
+                                               steps_per_epoch=session.steps_per_epoch,
+                                               worlds=session.checkpointer.worlds)
 
     def run(self) -> FitResult:
         distributed.elastic_run(self._train_on_current_world)(self.state)
@@ -457,6 +476,11 @@ class ElasticFit:
         hashes = distributed.allgather_object(weights_sha256(session.model))
         workers = distributed.allgather_object(worker_identity(world))
         position = self._position()
+        # The world sizes so far are rank 0's (synchronised with the state); a new list,
+        # so that the last commit's copy stays as it was.
+        state.worlds = note_world(state.worlds, world, session.checkpointer.plan,
+                                  position.global_step)
+        session.checkpointer.worlds = state.worlds
         first_start = not self.resets
         self.resets.append({"world_size": world.size, "global_step": position.global_step,
                             "weights_identical_on_all_ranks": len(set(hashes)) == 1})
@@ -472,9 +496,7 @@ class ElasticFit:
         world_session = dataclasses.replace(session, config=config)
         callbacks, nonfinite, progress = make_callbacks(world_session, world, position, data,
                                                         [commit])
-        logs = run_fit(world_session, data,
-                       lambda: session.recipe.build_data(config, world.shard()).train,
-                       position, callbacks, progress)
+        logs = run_fit(world_session, data, world, position, callbacks, progress)
         self.result = FitResult(logs=logs, nonfinite=nonfinite, world=world, data=data,
                                 position=self.restored, resets=self.resets)
         return logs
@@ -531,6 +553,8 @@ def write_run_config(session: Session, world: distributed.World,
                    f"{position.steps_into_epoch} (global step {position.global_step}, "
                    f"{os.path.basename(position.checkpoint)})" if position.global_step
                    else "")
+    if position.conversion:
+        resume_note += f"; {position.conversion}"
     print(f"[toolkit] {session.recipe.name}: {data.description}; {world.size} workers x "
           f"{config.batch_size_per_worker} = global batch "
           f"{config.batch_size_per_worker * world.size}; {session.steps_per_epoch} "
@@ -583,6 +607,7 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
         "world_size": world.size,
         "global_batch_size": for_world(config, world).batch_size_per_worker * world.size,
         "elastic_resets": result.resets,
+        "world_sizes": session.checkpointer.worlds,
         "samples_per_second": float(result.logs.get("samples_per_second", [0.0])[-1]),
         "samples_per_second_per_worker": float(
             result.logs.get("samples_per_second_per_worker", [0.0])[-1]),
