@@ -243,7 +243,8 @@ def tokenize(examples, tokenizer, config):
 
 def token_examples(tokens, labels):
     """The examples as pipeline examples: row indices listed, each loaded as a dict of
-    variable-length int32 features (ids, segment ids, mask) and its label."""
+    variable-length int32 features (ids, segment ids, mask) and its label; their token
+    counts let training put texts of similar length in one global batch."""
     splits = tf.constant(tokens["row_splits"])
     ids = tf.constant(tokens["ids"])
     type_ids = tf.constant(tokens["type_ids"])
@@ -255,15 +256,16 @@ def token_examples(tokens, labels):
                     "attention_mask": tf.ones([end - start], tf.int32)}
         return features, label_tensor[index]
 
-    return data_lib.Examples(tf.data.Dataset.range(len(labels)), count=len(labels), load=load)
+    return data_lib.Examples(tf.data.Dataset.range(len(labels)), count=len(labels), load=load,
+                             length=lambda index: splits[index + 1] - splits[index])
 
 
 def padded_batches(config, pad_id):
     """A batch function for the pipelines, each batch padded to its own longest sequence.
 
     Training batches keep the stream's order (each worker's batch is its part of a global
-    batch, see toolkit.data); evaluation batches group texts of similar length, which
-    pads less.
+    batch, which already holds texts of similar length: see token_examples); evaluation
+    batches are grouped by length here. Both save padding.
     """
     boundaries = [length for length in LENGTH_BUCKETS if length < config.max_length]
     padding_values = ({"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0}, 0)

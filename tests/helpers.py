@@ -79,6 +79,21 @@ def start_launch(arguments, env=None, output=subprocess.PIPE):
                             start_new_session=True)
 
 
+def kill_inside_checkpoint_save(arguments, marker, count, timeout=240):
+    """Launch with ``arguments``; when the chief is inside its ``count``-th checkpoint
+    save (files written, pointer not yet moved: see toolkit/worker/faults.py), kill the
+    whole job. Return the path of the checkpoint it was writing."""
+    process = start_launch(arguments, env=faults(pause_at_checkpoint=count, pause_marker=marker),
+                           output=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: os.path.exists(marker) and os.path.getsize(marker),
+                        timeout=timeout), f"the run never reached checkpoint number {count}"
+    finally:
+        kill_session(process)
+    with open(marker) as stream:
+        return stream.read()
+
+
 def kill_session(process):
     """SIGKILL ``process`` and everything in its session (launcher, horovodrun, workers)."""
     if process.poll() is None:

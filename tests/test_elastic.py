@@ -1,14 +1,15 @@
-"""Elastic training: a worker killed mid-epoch, training carries on, the worker comes back."""
+"""Elastic training: the world grows and shrinks while training goes on, on one plan."""
 
+import json
 import os
 import signal
 import socket
-import time
 
 import psutil
 import pytest
 
-from helpers import kill_session, read_json, start_launch, wait_for, worker_pids
+from helpers import (TINY_IMAGE, checkpoint_steps, kill_session, launch, read_json,
+                     start_launch, wait_for, worker_pids)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -21,34 +22,75 @@ def three_local_host_names():
 
 
 @pytest.mark.timeout(600)
-def test_a_killed_worker_is_survived_and_replaced(tmp_path):
+def test_the_world_grows_and_shrinks_with_one_schedule_and_identical_weights(tmp_path):
+    """Two workers; a third host is added to the hostfile (the world grows to 3), then
+    that worker is killed and its host removed (it shrinks back to 2). The joining
+    worker starts in a world larger than the starting one: it must still use the run's
+    learning-rate schedule, derived from the fixed global batch, not its own world."""
+    names = three_local_host_names()
     hostfile = tmp_path / "hosts"
-    hostfile.write_text("".join(f"{name} slots=1\n" for name in three_local_host_names()))
+    hostfile.write_text("".join(f"{name} slots=1\n" for name in names[:2]))
     run_dir = str(tmp_path / "elastic")
-    epochs, steps = 8, 30
+    epochs, steps = 6, 30
     process = start_launch(
-        ["--recipe=image", "--np=3", f"--hostfile={hostfile}",
-         "--elastic", "--min_np=2", "--max_np=3", "--blacklist_cooldown=5,10",
-         f"--run_dir={run_dir}", "--batch_size_per_worker=32", f"--epochs={epochs}",
+        ["--recipe=image", "--np=2", f"--hostfile={hostfile}",
+         "--elastic", "--min_np=2", "--max_np=3", f"--run_dir={run_dir}",
+         "--global_batch_size=96", "--batch_size_per_worker=32", f"--epochs={epochs}",
          f"--max_steps_per_epoch={steps}", "--max_validation_examples=300",
-         "--elastic_commit_steps=5", "--intra_op_threads=1", "--export=false"])
+         "--elastic_commit_steps=5", "--checkpoint_every_steps=5", "--intra_op_threads=1",
+         "--export=false"])
+
+    def trained_past(step):
+        return wait_for(lambda: max(checkpoint_steps(run_dir), default=0) >= step, timeout=180)
+
     try:
-        assert wait_for(lambda: len(worker_pids(run_dir)) == 3, timeout=180)
-        time.sleep(8)  # mid-epoch, some commits in
+        assert wait_for(lambda: len(worker_pids(run_dir)) == 2, timeout=180)
+        assert trained_past(10)
+        hostfile.write_text("".join(f"{name} slots=1\n" for name in names))
+        assert wait_for(lambda: len(worker_pids(run_dir)) == 3, timeout=120), "never grew"
+        # Three workers train (and commit) for a while: checkpoints come every 5 steps.
+        assert trained_past(max(checkpoint_steps(run_dir)) + 10)
+        hostfile.write_text("".join(f"{name} slots=1\n" for name in names[:2]))
         os.kill(worker_pids(run_dir)[2], signal.SIGKILL)
         output, _ = process.communicate(timeout=500)
     finally:
         kill_session(process)
     assert process.returncode == 0, output[-5000:]
     summary = read_json(os.path.join(run_dir, "summary.json"))
-    sizes = [reset["world_size"] for reset in summary["elastic_resets"]]
-    assert sizes[0] == 3 and 2 in sizes, sizes  # it went on with two workers...
-    assert sizes[-1] == 3, sizes  # ...and took the third one back after its cooldown
-    # After every reset, all workers started from identical weights.
-    assert all(reset["weights_identical_on_all_ranks"] for reset in summary["elastic_resets"])
-    steps_at_reset = [reset["global_step"] for reset in summary["elastic_resets"]]
+    resets = summary["elastic_resets"]
+    sizes = [reset["world_size"] for reset in resets]
+    assert sizes[0] == 2 and sizes[-1] == 2 and 3 in sizes, sizes
+    for reset in resets:
+        # After every reset: identical weights, and one learning rate on every rank.
+        assert reset["weights_identical_on_all_ranks"], reset
+        assert len(set(reset["learning_rate_by_rank"])) == 1, reset
+    steps_at_reset = [reset["global_step"] for reset in resets]
     assert steps_at_reset == sorted(steps_at_reset)
+    assert [world["world_size"] for world in summary["world_sizes"]] == [
+        size for index, size in enumerate(sizes) if index == 0 or sizes[index - 1] != size]
     # The fixed global batch keeps the plan in steps, whatever the world size was.
     assert summary["global_steps"] == summary["planned_global_steps"] == epochs * steps
     assert summary["weights_identical_on_all_ranks"]
     assert summary["validation"]["accuracy"] > 0.5  # the model is valid, and learned
+
+
+@pytest.mark.timeout(300)
+def test_a_run_folder_the_workers_refuse_stops_the_whole_elastic_job(tmp_path):
+    """The folder holds a run on other classes, which only the workers can see (the
+    launcher does not load the data). horovodrun would take the refusal for a failed host
+    and go on with the other worker, which would then write into the folder."""
+    run_dir = tmp_path / "other_classes"
+    run_dir.mkdir()
+    previous = {"recipe": "image", "config": {}, "class_names": ["cat", "dog"]}
+    (run_dir / "config.json").write_text(json.dumps(previous))
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("".join(f"{name} slots=1\n" for name in three_local_host_names()[:2]))
+    result = launch(["--recipe=image", "--np=2", f"--hostfile={hostfile}", "--elastic",
+                     "--min_np=1", "--max_np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
+                     "--epochs=1", "--max_steps_per_epoch=5", "--export=false"],
+                    check=False, timeout=240)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "was trained on classes ['cat', 'dog']" in result.stderr
+    assert "the elastic job was stopped" in result.stderr
+    assert json.loads((run_dir / "config.json").read_text()) == previous  # untouched
+    assert sorted(os.listdir(run_dir)) == ["config.json"]

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import (PROJECT_ROOT, PYTHON, TINY_IMAGE, assert_nothing_left, checkpoint_steps,
-                     environment, faults, kill_session, launch, read_json, start_launch, train_single,
-                     wait_for, worker_pids)
+                     environment, faults, kill_inside_checkpoint_save, kill_session, launch,
+                     read_json, start_launch, train_single, wait_for, worker_pids)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -151,15 +151,7 @@ def test_a_kill_while_a_checkpoint_is_being_written_keeps_the_previous_one(tmp_p
                  "--export=false"]
     # The chief pauses inside its 3rd checkpoint save, after the files of ckpt-15 are
     # written and before the pointer moves to them; the whole job is killed right there.
-    process = start_launch(arguments, env=faults(pause_at_checkpoint=3, pause_marker=marker),
-                           output=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: os.path.exists(marker) and os.path.getsize(marker),
-                        timeout=180), "the run never reached its 3rd checkpoint"
-    finally:
-        kill_session(process)
-    with open(marker) as stream:
-        interrupted = stream.read()
+    interrupted = kill_inside_checkpoint_save(arguments, marker, count=3, timeout=180)
     assert interrupted.endswith("ckpt-15")
     assert os.path.exists(interrupted + ".index"), "the kill did not land inside the save"
     assert_nothing_left(run_dir)

@@ -112,3 +112,28 @@ def test_augmentation_seeds_differ_per_example_and_not_with_the_number_of_worker
     assert one == global_batches(4, prepare=seed_of)
     seeds = sum(one, [])
     assert len(set(seeds)) == len(seeds)  # one stream per example and epoch
+
+
+def test_grouping_by_length_keeps_global_batches_and_cuts_padding():
+    lengths = np.random.default_rng(0).integers(5, 100, size=600)
+
+    def worker_batches(workers, grouped=True):
+        config = config_lib.TrainConfig(batch_size_per_worker=24 // workers, seed=7)
+        examples = data.Examples(tf.data.Dataset.range(600), count=600, length=(
+            (lambda index: tf.gather(lengths, index)) if grouped else None))
+        return [[batch.numpy().tolist() for batch in data.training_stream(
+            examples, shard=data.Shard(rank, workers), config=config).example_ids(0, 0, 1)]
+            for rank in range(workers)]
+
+    def padding(per_rank):
+        """Mean padding when each worker pads its batch to its longest example."""
+        return np.mean([max(lengths[batch]) - np.mean(lengths[batch])
+                        for rank in per_rank for batch in rank])
+
+    def global_batches(per_rank):
+        return [sum(step, []) for step in zip(*per_rank)]
+
+    one, two = worker_batches(1), worker_batches(2)
+    assert global_batches(one) == global_batches(two) and len(global_batches(one)) == 25
+    assert len(set(sum(global_batches(one), []))) == 600  # every example once
+    assert padding(two) < padding(worker_batches(2, grouped=False)) / 3

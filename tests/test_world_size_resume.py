@@ -10,12 +10,11 @@ of its epoch, counted in examples, on the new world's plan and learning rate.
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
-from helpers import (TINY_IMAGE, event_steps, faults, kill_session, launch, read_json,
-                     recorded_examples, start_launch, wait_for)
+from helpers import (TINY_IMAGE, event_steps, faults, kill_inside_checkpoint_save, launch,
+                     read_json, recorded_examples)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -36,14 +35,9 @@ def run_recorded(arguments, run_dir, np, records):
 
 def stopped_at_step_4(arguments, run_dir, marker):
     """Two workers, killed inside the 2nd checkpoint save (ckpt-8): ckpt-4 is the last."""
-    process = start_launch(arguments + ["--np=2", f"--run_dir={run_dir}"],
-                           env=faults(pause_at_checkpoint=2, pause_marker=marker),
-                           output=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: os.path.exists(marker) and os.path.getsize(marker),
-                        timeout=240), "the run never reached its 2nd checkpoint"
-    finally:
-        kill_session(process)
+    interrupted = kill_inside_checkpoint_save(
+        arguments + ["--np=2", f"--run_dir={run_dir}"], marker, count=2)
+    assert interrupted.endswith("ckpt-8")
 
 
 @pytest.fixture(scope="module")

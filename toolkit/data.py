@@ -67,11 +67,15 @@ class Examples:
     ``listing`` yields ``count`` elements that are cheap to produce (file paths with
     labels, row indices, in-memory arrays); ``load`` turns one into a model example
     (reads and decodes a file), or is None when the listing already is the examples.
+    ``length``, if given, is the length of the example a listing element stands for
+    (tokens of a text): training then puts examples of similar length in the same
+    global batch, which saves padding (see :meth:`TrainingStream.global_batches`).
     """
 
     listing: tf.data.Dataset
     count: int
     load: typing.Optional[ExampleFunction] = None
+    length: typing.Optional[ExampleFunction] = None
 
 
 def apply(function: ExampleFunction, element: Example, **keywords) -> Example:
@@ -80,6 +84,10 @@ def apply(function: ExampleFunction, element: Example, **keywords) -> Example:
     if isinstance(element, tuple):
         return function(*element, **keywords)
     return function(element, **keywords)
+
+
+# Examples with a ``length`` are sorted by it within windows of this many global batches.
+LENGTH_WINDOW_BATCHES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +130,33 @@ class TrainingStream:
             order = self.examples.listing.take(count).enumerate().shuffle(
                 max(count, 1), seed=self._epoch_seed(epoch_number),
                 reshuffle_each_iteration=False)
-            return order.map(lambda index, element: (epoch_number, index, element)).batch(
-                size, drop_remainder=True).take(self.steps_per_epoch)
+            if self.examples.length is not None:
+                order = self._grouped_by_length(order)
+            batches = order.map(lambda index, element: (epoch_number, index, element)).batch(
+                size, drop_remainder=True)
+            if self.examples.length is not None:
+                batches = batches.shuffle(LENGTH_WINDOW_BATCHES,
+                                          seed=self._epoch_seed(epoch_number) + 1,
+                                          reshuffle_each_iteration=False)
+            return batches.take(self.steps_per_epoch)
 
         first = one_epoch(tf.constant(epoch, tf.int64)).skip(step)
         return first.concatenate(
             tf.data.Dataset.range(epoch + 1, max(end_epoch, epoch + 1)).flat_map(one_epoch))
+
+    def _grouped_by_length(self, order: tf.data.Dataset) -> tf.data.Dataset:
+        """``order`` sorted by example length within windows of LENGTH_WINDOW_BATCHES
+        global batches; the global batches cut from it are then shuffled within about a
+        window, so that a batch holds texts of similar length but the lengths do not
+        follow a pattern from step to step."""
+        def sort_window(indices, elements, lengths):
+            by_length = tf.argsort(lengths, stable=True)
+            return tf.nest.map_structure(lambda tensor: tf.gather(tensor, by_length),
+                                         (indices, elements))
+
+        return order.map(
+            lambda index, element: (index, element, apply(self.examples.length, element))
+        ).batch(self.global_batch_size * LENGTH_WINDOW_BATCHES).map(sort_window).unbatch()
 
     def _mine(self, global_batches: tf.data.Dataset) -> tf.data.Dataset:
         start = self.shard.index * self.batch_size

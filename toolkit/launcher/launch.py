@@ -128,9 +128,7 @@ def check_elastic(options, hosts, np, config):
     if not 1 <= options.min_np <= np <= options.max_np:
         raise errors.LaunchError(f"elastic runs need 1 <= MIN_NP <= NP <= MAX_NP; got MIN_NP="
                                  f"{options.min_np}, NP={np}, MAX_NP={options.max_np}")
-    if hosts and options.max_np > hostfile_lib.total_slots(hosts):
-        raise errors.LaunchError(f"MAX_NP={options.max_np} is more than the "
-                                 f"{hostfile_lib.total_slots(hosts)} slots in {options.hostfile}")
+    # MAX_NP may be more than the hostfile's slots today: hosts added to it later join.
     if options.blacklist_cooldown and not re.fullmatch(r"\d+,\d+",
                                                        options.blacklist_cooldown):
         raise errors.LaunchError(f"BLACKLIST_COOLDOWN must be 'MIN,MAX' seconds, got "
@@ -180,6 +178,7 @@ class Launch:
     dry_run: bool
     rank_to_host: list
     verbose: bool
+    elastic: bool = False
 
 
 def prepare(argv):
@@ -231,10 +230,13 @@ def prepare(argv):
                                              discovery_script or DISCOVERY_PLACEHOLDER),
                   hostfile=os.path.abspath(options.hostfile) if options.hostfile else "",
                   run_dir=run_dir, hosts=hosts, ssh_settings=settings, dry_run=options.dry_run,
-                  rank_to_host=rank_hosts(hosts, np), verbose=options.verbose)
+                  rank_to_host=rank_hosts(hosts, np), verbose=options.verbose,
+                  elastic=options.elastic)
 
 
 FAILED_PROCESS = re.compile(r"Process (\d+) exit with status code (-?\d+)")
+# What a worker prints when it stops on a user error (errors.report in toolkit.worker.train).
+WORKER_USER_ERROR = "[toolkit] error:"
 
 
 def rank_hosts(hosts, np):
@@ -262,11 +264,13 @@ class OutputWatcher:
     (unless verbose), and notes the first worker that failed, and how, to say it (with
     its host) in plain words."""
 
-    def __init__(self, rank_to_host, verbose):
+    def __init__(self, rank_to_host, verbose, on_user_error=None):
         self.rank_to_host = rank_to_host
         self.verbose = verbose
         self.first_failure = None  # (rank, exit status)
         self.gloo_timeout = None  # (rank that reported it, seconds)
+        self.user_error = False  # a worker stopped on a user error (bad config, data, folder)
+        self.on_user_error = on_user_error  # called once, at the first one
         self._lock = threading.Lock()
 
     def host(self, rank):
@@ -284,6 +288,10 @@ class OutputWatcher:
             match = FAILED_PROCESS.search(text)
             if match and self.first_failure is None:
                 self.first_failure = (int(match.group(1)), int(match.group(2)))
+            first_user_error = text.startswith(WORKER_USER_ERROR) and not self.user_error
+            self.user_error = self.user_error or first_user_error
+        if first_user_error and self.on_user_error is not None:
+            self.on_user_error()
         return self.verbose or not log_noise.is_noise(line)
 
     def diagnosis(self):
@@ -320,12 +328,18 @@ def _forward(stream, target, watcher):
             target.flush()
 
 
-def run(command, environment, rank_to_host, verbose=False):
+def run(command, environment, rank_to_host, verbose=False, elastic=False):
     """Run horovodrun, passing SIGTERM on to it; return its exit code. When a worker fails
-    or stalls, say which rank on which host, and how, after horovodrun's own report."""
+    or stalls, say which rank on which host, and how, after horovodrun's own report.
+
+    In an elastic run, a worker that stops on a user error (a refused run folder, bad
+    data) stops the whole job, with exit code 2: horovodrun would count it as a failed
+    host and go on without it, and the mistake is the same on every worker.
+    """
     process = subprocess.Popen(command, env=environment, cwd=PROJECT_ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    watcher = OutputWatcher(rank_to_host, verbose)
+    watcher = OutputWatcher(rank_to_host, verbose,
+                            on_user_error=process.terminate if elastic else None)
     threads = [threading.Thread(target=_forward, args=(pipe, target, watcher), daemon=True)
                for pipe, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
     for thread in threads:
@@ -337,6 +351,11 @@ def run(command, environment, rank_to_host, verbose=False):
         signal.signal(signal.SIGTERM, previous)
     for thread in threads:
         thread.join(timeout=10)
+    if elastic and watcher.user_error:
+        print("[launch] a worker refused to run (its message is above); the elastic job was "
+              "stopped, since every worker would refuse the same way.", file=sys.stderr,
+              flush=True)
+        return errors.USER_ERROR_EXIT_CODE
     if code != 0:
         for line in watcher.diagnosis():
             print(line, file=sys.stderr, flush=True)
@@ -377,7 +396,7 @@ def launch(plan):
                 return 2
         print("[launch] " + " ".join(plan.command), flush=True)
         return run(plan.command, worker_environment(wrapper_dir, plan.verbose),
-                   plan.rank_to_host, plan.verbose)
+                   plan.rank_to_host, plan.verbose, plan.elastic)
     finally:
         if ssh_dir:
             shutil.rmtree(ssh_dir, ignore_errors=True)

@@ -86,7 +86,8 @@ def run_ours(options, recipe, config):
     config = train.for_world(config, world)
     data = recipe.build_data(config, world.shard())
     steps_per_epoch = max(1, data.train.steps_per_epoch)
-    model, optimizer, _ = train.build_training(recipe, config, data, steps_per_epoch, scale)
+    model, optimizer, _ = train.build_training(
+        recipe, config, data, lr_schedules.build(config, scale, steps_per_epoch))
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
     timer = StepTimer(options.warmup)
     model.fit(training_data(data, options.data), steps_per_epoch=options.warmup + options.steps,

@@ -114,13 +114,9 @@ class StepScalars(keras.callbacks.Callback):
         self.step += 1
         if self.step % self.every_steps:
             return
-        optimizer = self.model.optimizer
-        step = self.step
-        learning_rate = optimizer.learning_rate
-        if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            learning_rate = learning_rate(optimizer.iterations)
-        with self.writer.as_default(step=step):
-            tf.summary.scalar("step/learning_rate", learning_rate)
+        with self.writer.as_default(step=self.step):
+            # With a schedule, tf_keras' learning_rate is the rate of the step just taken.
+            tf.summary.scalar("step/learning_rate", self.model.optimizer.learning_rate)
             rate = self.throughput.recent_samples_per_second(self.every_steps)
             if rate:
                 tf.summary.scalar("step/samples_per_second", rate)

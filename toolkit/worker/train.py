@@ -105,6 +105,7 @@ class Session:
     steps_per_epoch: int
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
+    schedule: lr_schedules.WarmupDecay  # the learning rate, a function of the step counter
     guard: guards.NonFiniteGuard
     checkpointer: checkpoints.Checkpointer
     watchdog: guards.StallWatchdog  # one per process: its thread outlives elastic resets
@@ -180,12 +181,13 @@ def check_run_folder(world: distributed.World, recipe: recipe_lib.Recipe,
                      elastic: bool) -> None:
     """The chief checks that the run folder is writable and may be resumed. Static runs
     stop together if it refuses; in elastic mode no collective may run yet (a joining
-    worker would not take part), so the chief checks alone (the launcher did too)."""
+    worker would not take part), so every worker checks for itself: any worker may become
+    the chief after a reset, and the launcher stops the job at the first refusal."""
     for check in (lambda: run_folder.check_writable(paths.run_dir),
                   lambda: run_folder.check_resumable(paths.run_dir, recipe.name, config_dict)):
         if not elastic:
             agree(world, check)
-        elif world.is_chief:
+        else:
             check()
 
 
@@ -213,17 +215,13 @@ def prepare_data(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
 
 
 def build_training(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
-                   data: data_lib.Data, steps_per_epoch: int, lr_scale: float,
+                   data: data_lib.Data, schedule: lr_schedules.WarmupDecay,
                    ) -> typing.Tuple[keras.Model, keras.optimizers.Optimizer,
                                      guards.NonFiniteGuard]:
-    """The compiled model, its Horovod-wrapped optimizer and the non-finite guard.
-
-    ``lr_scale`` is the global batch in units of ``batch_size_per_worker`` (see
-    lr_schedules.batch_scale).
-    """
+    """The compiled model, its Horovod-wrapped optimizer (with the learning-rate
+    ``schedule``) and the non-finite guard."""
     model = recipe.build_model(config, data)
-    learning_rate = lr_schedules.build(config, lr_scale, steps_per_epoch)
-    optimizer = distributed.wrap_optimizer(lr_schedules.build_optimizer(config, learning_rate),
+    optimizer = distributed.wrap_optimizer(lr_schedules.build_optimizer(config, schedule),
                                            config)
     guard = guards.NonFiniteGuard(optimizer)
     if config.jit_compile:
@@ -251,11 +249,13 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
     data, steps_per_epoch = prepare_data(recipe, config, world, agree_on_steps=not elastic)
     if not elastic:
         agree(world, lambda: run_folder.check_same_classes(paths.run_dir, data.class_names))
-    elif world.is_chief:
+    else:
         run_folder.check_same_classes(paths.run_dir, data.class_names)
-    model, optimizer, guard = build_training(
-        recipe, config, data, steps_per_epoch,
-        lr_scale=lr_schedules.batch_scale(user_config, world.size))
+    # The user's config, not this world's: with a fixed global batch the rate is the same
+    # on any number of workers, so a worker that joins a larger world uses the run's.
+    schedule = lr_schedules.build(config, lr_schedules.batch_scale(user_config, world.size),
+                                  steps_per_epoch)
+    model, optimizer, guard = build_training(recipe, config, data, schedule)
     faults_lib.install_in_model(model, world.rank, faults)
     plan = checkpoints.Plan(examples_per_epoch=data.train.examples.count,
                             global_batch_size=data.train.global_batch_size,
@@ -267,7 +267,8 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                                     config.stall_shutdown_seconds)
     return Session(recipe=recipe, config=config, config_dict=config_dict, paths=paths,
                    runtime=chosen_runtime, data=data, steps_per_epoch=steps_per_epoch,
-                   model=model, optimizer=optimizer, guard=guard, checkpointer=checkpointer,
+                   model=model, optimizer=optimizer, schedule=schedule, guard=guard,
+                   checkpointer=checkpointer,
                    watchdog=watchdog,
                    random_generators=checkpoints.random_generators(model), faults=faults)
 
@@ -474,6 +475,9 @@ class ElasticFit:
         config = for_world(session.config, world)
         session.steps_per_epoch = state.steps_per_epoch  # rank 0's, for workers that joined
         hashes = distributed.allgather_object(weights_sha256(session.model))
+        # The rate of every rank's next step.
+        rates = distributed.allgather_object(
+            float(session.schedule(session.optimizer.iterations).numpy()))
         workers = distributed.allgather_object(worker_identity(world))
         position = self._position()
         # The world sizes so far are rank 0's (synchronised with the state); a new list,
@@ -483,7 +487,8 @@ class ElasticFit:
         session.checkpointer.worlds = state.worlds
         first_start = not self.resets
         self.resets.append({"world_size": world.size, "global_step": position.global_step,
-                            "weights_identical_on_all_ranks": len(set(hashes)) == 1})
+                            "weights_identical_on_all_ranks": len(set(hashes)) == 1,
+                            "learning_rate_by_rank": rates})
         if world.is_chief:
             print(f"[toolkit] elastic: {world.size} workers from global step "
                   f"{position.global_step}, {config.batch_size_per_worker} examples each per "
