@@ -49,7 +49,8 @@ def paraphrase_ranking_holds(model, tokenizer):
 def test_default_weights_are_the_real_pretrained_minilm():
     config = bert.BertConfig()
     tokenizer = bert.load_tokenizer(bert.resolve_model_dir(config.model))
-    classes = data_lib.Data(None, None, 0, 0, ["a", "b"], "")
+    classes = data_lib.Data(train=None, validation=None, validation_examples=0,
+                            class_names=["a", "b"], description="")
     pretrained = bert.build_model(config, classes)
     # Only trained sentence encoders rank paraphrases far above unrelated sentences.
     assert paraphrase_ranking_holds(pretrained, tokenizer)
