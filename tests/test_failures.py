@@ -69,16 +69,25 @@ def test_a_hung_worker_is_detected_and_the_job_stopped_with_a_diagnosis(tmp_path
 
 
 @pytest.mark.timeout(300)
-def test_nan_stops_every_worker_at_the_same_step_and_keeps_the_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_nan_stops_every_worker_at_the_same_step_and_keeps_the_last_checkpoint(
+        tmp_path, accumulation):
+    """Rank 1's loss turns NaN at step 13. With gradient accumulation over 2 batches,
+    step 13 is not all-reduced: its NaN reaches the other rank in step 14's all-reduce,
+    and both stop there together (a verdict on rank 1's own gradients at step 13 would
+    stop it alone and leave rank 0 waiting in step 14)."""
     run_dir = str(tmp_path / "nan")
     result = launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
-                     "--epochs=2", "--max_steps_per_epoch=10", "--checkpoint_every_steps=5"],
+                     "--epochs=2", "--max_steps_per_epoch=10", "--checkpoint_every_steps=4",
+                     f"--backward_passes_per_step={accumulation}",
+                     "--stall_check_seconds=20", "--stall_shutdown_seconds=40"],
                     check=False, env=faults(nan_at_step=13, nan_rank=1))
     assert result.returncode != 0
-    assert "became NaN/Inf at global step 13" in result.stderr
-    assert "last good checkpoint is" in result.stderr and "ckpt-10" in result.stderr
+    stopped_at = 13 if accumulation == 1 else 14
+    assert f"became NaN/Inf at global step {stopped_at}" in result.stderr
+    assert "last good checkpoint is" in result.stderr and "ckpt-12" in result.stderr
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    assert latest.endswith("ckpt-10")
+    assert latest.endswith("ckpt-12")
     reader = tf.train.load_checkpoint(latest)
     for name in reader.get_variable_to_shape_map():
         value = reader.get_tensor(name)

@@ -70,6 +70,30 @@ def test_two_workers_on_a_global_batch_take_the_steps_one_worker_takes(tmp_path)
     np.testing.assert_allclose(final_kernel(two), final_kernel(one), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.timeout(300)
+def test_accumulating_two_batches_takes_the_steps_of_one_batch_twice_as_large(tmp_path):
+    """NP=2, plain SGD with warm-up and cosine decay: batches of 16 per worker accumulated
+    over 2 backward passes end where batches of 32 end. The base rate is for one worker's
+    batch, so the accumulating run, with half the batch, has half the base rate and must
+    scale it by the effective batch (4 batches of 16), and warm up and decay over updates,
+    not batches."""
+    schedule = ["warmup_epochs=0.5", "lr_decay=cosine", "epochs=2"]
+    large = str(tmp_path / "large")
+    horovodrun(2, ["tests/workers/sgd_equivalence.py", large, "global_batch_size=64",
+                   "batch_size_per_worker=32", "base_learning_rate=0.05", *schedule],
+               timeout=200)
+    accumulated = str(tmp_path / "accumulated")
+    horovodrun(2, ["tests/workers/sgd_equivalence.py", accumulated, "global_batch_size=32",
+                   "batch_size_per_worker=16", "backward_passes_per_step=2",
+                   "base_learning_rate=0.025", *schedule], timeout=200)
+    assert read_json(os.path.join(large, "summary.json"))["global_steps"] == 16
+    summary = read_json(os.path.join(accumulated, "summary.json"))
+    assert summary["global_steps"] == 32 and summary["weights_identical_on_all_ranks"]
+    assert np.abs(final_kernel(large)).mean() > 0.1
+    np.testing.assert_allclose(final_kernel(accumulated), final_kernel(large), rtol=1e-4,
+                               atol=1e-6)
+
+
 PREDICT_PIXELS = r"""
 import json, sys
 import numpy as np

@@ -108,6 +108,8 @@ class TrainingStream:
     max_steps_per_epoch: int = 0  # 0: every full global batch of the epoch
     prepare: typing.Optional[ExampleFunction] = None
     batch: typing.Optional[BatchFunction] = None
+    # Gradient accumulation: an epoch is a whole number of updates of this many batches.
+    steps_per_update: int = 1
 
     @property
     def global_batch_size(self) -> int:
@@ -115,7 +117,8 @@ class TrainingStream:
 
     @property
     def steps_per_epoch(self) -> int:
-        return limit(self.examples.count // self.global_batch_size, self.max_steps_per_epoch)
+        steps = limit(self.examples.count // self.global_batch_size, self.max_steps_per_epoch)
+        return steps - steps % self.steps_per_update
 
     def _epoch_seed(self, epoch: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.seed, tf.int64) * 1_000_003 + epoch
@@ -197,7 +200,8 @@ def training_stream(examples: Examples, *, shard: Shard, config: config_lib.Trai
     """The training stream of the first ``maximum`` examples (0 = all) for this worker."""
     examples = dataclasses.replace(examples, count=limit(examples.count, maximum))
     return TrainingStream(examples, shard, config.batch_size_per_worker, config.seed,
-                          config.max_steps_per_epoch, prepare, batch)
+                          config.max_steps_per_epoch, prepare, batch,
+                          config.backward_passes_per_step)
 
 
 def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.TrainConfig,

@@ -49,10 +49,11 @@ class Position:
     conversion: str = ""  # how a checkpoint of another plan was read, for the log
 
 
-def convert(epochs_done: int, global_step: int, saved: Plan,
-            plan: Plan) -> typing.Tuple[Position, str]:
+def convert(epochs_done: int, global_step: int, saved: Plan, plan: Plan,
+            steps_per_update: int = 1) -> typing.Tuple[Position, str]:
     """The position in ``plan`` of a checkpoint saved at (``epochs_done``,
-    ``global_step``) under ``saved``, and a note when the two plans differ."""
+    ``global_step``) under ``saved``, and a note when the two plans differ. With gradient
+    accumulation a converted position is rounded down to a whole update."""
     into_epoch = global_step - epochs_done * saved.steps_per_epoch
     if saved == plan:
         return Position(epochs_done, into_epoch, global_step), ""
@@ -64,6 +65,7 @@ def convert(epochs_done: int, global_step: int, saved: Plan,
         return Position(epochs_done, 0, epochs_done * plan.steps_per_epoch), note
     examples_into_epoch = into_epoch * saved.global_batch_size
     into_epoch = examples_into_epoch // plan.global_batch_size
+    into_epoch -= into_epoch % steps_per_update
     if into_epoch >= plan.steps_per_epoch:
         epochs_done, into_epoch = epochs_done + 1, 0
     note = (f"the global batch changed ({saved.global_batch_size} -> "
@@ -119,9 +121,11 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, model, optimizer, keep: int, plan: Plan,
-                 after_write: typing.Optional[typing.Callable[[str], None]] = None):
+                 after_write: typing.Optional[typing.Callable[[str], None]] = None,
+                 steps_per_update: int = 1):
         self.directory = directory
         self.plan = plan
+        self.steps_per_update = steps_per_update
         self.worlds: typing.List[typing.Dict[str, int]] = []
         self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
         self.saved_plan = [tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
@@ -165,7 +169,8 @@ class Checkpointer:
                 continue
             saved = Plan(*(int(variable.numpy()) for variable in self.saved_plan))
             position, note = convert(int(self.epochs_done.numpy()),
-                                     int(self.optimizer.iterations.numpy()), saved, self.plan)
+                                     int(self.optimizer.iterations.numpy()), saved, self.plan,
+                                     self.steps_per_update)
             self.optimizer.iterations.assign(position.global_step)
             self.worlds = json.loads(self.saved_worlds.numpy().decode())
             if problems:

@@ -103,6 +103,19 @@ def wrap_optimizer(optimizer, config):
     )
 
 
+def clear_accumulated_gradients(optimizer):
+    """Forget gradients accumulated since the last all-reduce (``backward_passes_per_step``
+    > 1). Horovod keeps them in variables of its own, outside the optimizer's, so neither
+    checkpoints nor the elastic state hold them; both are taken between updates, when the
+    sums are zero. A worker that survives a reset may hold a half-accumulated sum (and a
+    counter at the all-reduce that failed), which must go before training resumes from
+    the last commit."""
+    accumulation = getattr(optimizer, "_agg_helper", None)
+    if accumulation is not None:
+        # Horovod: its eager accumulation helper; _clear_vars zeroes the sums and counter.
+        accumulation._clear_vars()
+
+
 def broadcast_variables(variables):
     """Make every worker's copy of ``variables`` equal to rank 0's."""
     # Horovod: broadcast from rank 0, which holds the restored checkpoint if there is one.

@@ -18,6 +18,9 @@ of ``key=value``:
     on the chief, when the K-th checkpoint of this process has written its files but the
     ``checkpoint`` pointer has not moved to it yet, write the checkpoint's path to PATH
     and sleep, so that the test can kill the run exactly there.
+``slow_export_seconds=S``
+    the chief sleeps S seconds before it writes the export: a large model or a slow
+    shared filesystem, while the other ranks wait for it.
 ``record_examples=DIR``
     every rank appends one JSON line per training batch to ``DIR/rank<R>.jsonl``:
     ``{"step": global step (0-based), "ids": listing indices of its examples}``. Lines
@@ -46,6 +49,7 @@ class Faults:
     pause_at_checkpoint: int = 0
     pause_marker: str = ""
     record_examples: str = ""
+    slow_export_seconds: int = 0
 
 
 def from_environment(environment=os.environ) -> Faults:
@@ -115,6 +119,11 @@ def after_checkpoint_write(faults: Faults) -> typing.Optional[typing.Callable[[s
             time.sleep(1)
 
     return pause
+
+
+def before_export(faults: Faults) -> None:
+    """Make the chief's export as slow as ``faults`` asks."""
+    time.sleep(faults.slow_export_seconds)
 
 
 def record_examples(batches: tf.data.Dataset, example_ids: tf.data.Dataset, rank: int,

@@ -6,6 +6,12 @@ or Inf on any worker makes the averaged gradient non-finite on every worker, so 
 workers see the same verdict at the same step without an extra collective, and they stop
 (or skip the step) together. The update is never applied, so the weights and the last
 checkpoint stay good.
+
+With gradient accumulation (``backward_passes_per_step`` > 1) Horovod hands
+``apply_gradients`` this rank's own running sums on the batches between all-reduces, and
+applies nothing there. The verdict is taken only on the all-reduce batches, on the
+reduced sums: a NaN on one rank in any of the accumulated batches reaches every rank
+there, and all of them skip (or stop at) that update together.
 """
 
 
@@ -42,9 +48,14 @@ class NonFiniteGuard:
         self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                           name="nonfinite_first_step")
         apply_gradients = optimizer.apply_gradients
+        # Horovod's accumulator: its counter is 0 right after the all-reduce of a batch.
+        accumulation = getattr(optimizer, "_agg_helper", None)
 
         def guarded_apply_gradients(grads_and_vars, *args, **kwargs):
             grads_and_vars = list(grads_and_vars)
+            finite = _all_finite(grads_and_vars)
+            if accumulation is not None:
+                finite = tf.logical_or(tf.not_equal(accumulation.counter, 0), finite)
 
             def apply():
                 with tf.control_dependencies([apply_gradients(grads_and_vars, *args, **kwargs)]):
@@ -59,7 +70,7 @@ class NonFiniteGuard:
                         optimizer.iterations.assign_add(1)]):
                     return tf.constant(False)
 
-            return tf.cond(_all_finite(grads_and_vars), apply, skip)
+            return tf.cond(finite, apply, skip)
 
         optimizer.apply_gradients = guarded_apply_gradients
 

@@ -12,6 +12,12 @@ counter with ``K.set_value``, which cannot be combined with a decaying schedule 
 linear decay) and would restart its ramp on a mid-epoch resume. A schedule of the step
 counter is restored with the optimizer and gives the same rate at the same step however
 the run was interrupted.
+
+Gradient accumulation (``backward_passes_per_step`` = k) updates the weights once every k
+batches, with the average gradient of k global batches: the batch the learning rate is
+scaled for is k global batches, and the schedule counts updates (the step counter, which
+counts batches, divided by k), so that warm-up and decay take the same number of updates
+as a run without accumulation on a k times larger batch.
 """
 
 import math
@@ -26,7 +32,7 @@ def batch_scale(config: config_lib.TrainConfig, world_size: int) -> float:
     """How many ``batch_size_per_worker`` batches one global batch holds (the user's
     config, before a fixed global batch is split over the workers)."""
     global_batch_size = config.global_batch_size or config.batch_size_per_worker * world_size
-    return global_batch_size / config.batch_size_per_worker
+    return global_batch_size * config.backward_passes_per_step / config.batch_size_per_worker
 
 
 def scale_factor(rule: str, scale: float) -> float:
@@ -44,18 +50,21 @@ def scale_factor(rule: str, scale: float) -> float:
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear ramp from 0 to ``peak_learning_rate`` over ``warmup_steps``, then decay to 0.
 
-    ``decay`` is ``"cosine"``, ``"linear"`` or ``"none"`` (stay at the peak).
+    ``decay`` is ``"cosine"``, ``"linear"`` or ``"none"`` (stay at the peak). Steps are
+    updates: the step counter (batches) divided by ``steps_per_update``.
     """
 
-    def __init__(self, peak_learning_rate, warmup_steps, total_steps, decay):
+    def __init__(self, peak_learning_rate, warmup_steps, total_steps, decay,
+                 steps_per_update=1):
         super().__init__()
         self.peak_learning_rate = float(peak_learning_rate)
         self.warmup_steps = int(warmup_steps)
         self.total_steps = max(int(total_steps), 1)
         self.decay = decay
+        self.steps_per_update = int(steps_per_update)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = tf.cast(step // self.steps_per_update, tf.float32)
         peak = tf.constant(self.peak_learning_rate, tf.float32)
         # (step + 1) so that the very first update is not a no-op with a zero rate.
         warmup = peak * (step + 1.0) / max(self.warmup_steps, 1)
@@ -75,16 +84,20 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps,
             "decay": self.decay,
+            "steps_per_update": self.steps_per_update,
         }
 
 
 def build(config: config_lib.TrainConfig, scale: float, steps_per_epoch: int) -> WarmupDecay:
-    """The schedule for ``config`` with global batches of ``scale`` (see batch_scale)."""
+    """The schedule for ``config`` with global batches of ``scale`` (see batch_scale) and
+    ``steps_per_epoch`` batches (a multiple of backward_passes_per_step)."""
+    updates_per_epoch = steps_per_epoch // config.backward_passes_per_step
     return WarmupDecay(
         peak_learning_rate=config.base_learning_rate * scale_factor(config.lr_scaling, scale),
-        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=round(config.warmup_epochs * updates_per_epoch),
+        total_steps=config.epochs * updates_per_epoch,
         decay=config.lr_decay,
+        steps_per_update=config.backward_passes_per_step,
     )
 
 

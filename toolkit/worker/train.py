@@ -200,8 +200,9 @@ def prepare_data(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
     if steps_per_epoch == 0:
         raise errors.TrainingError(
             f"the training set has {data.train.examples.count} examples, fewer than one "
-            f"global batch ({world.size} workers x {config.batch_size_per_worker}); lower "
-            "the batch size or NP")
+            f"update's worth ({world.size} workers x {config.batch_size_per_worker} x "
+            f"backward_passes_per_step={config.backward_passes_per_step}); lower the batch "
+            "size, the accumulation or NP")
     if data.validation_examples == 0:
         raise errors.TrainingError("each worker's validation shard is empty; give more "
                                    "validation data or fewer workers")
@@ -262,7 +263,8 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                             steps_per_epoch=steps_per_epoch)
     checkpointer = checkpoints.Checkpointer(
         paths.checkpoints, model, optimizer, keep=config.checkpoints_to_keep, plan=plan,
-        after_write=faults_lib.after_checkpoint_write(faults))
+        after_write=faults_lib.after_checkpoint_write(faults),
+        steps_per_update=config.backward_passes_per_step)
     watchdog = guards.StallWatchdog(world.rank, config.stall_check_seconds,
                                     config.stall_shutdown_seconds)
     return Session(recipe=recipe, config=config, config_dict=config_dict, paths=paths,
@@ -471,6 +473,7 @@ class ElasticFit:
         """One (re)start: run on whatever world exists now, from the committed state."""
         session = self.session
         session.watchdog.armed = False  # a reset is not a stall; the next fit re-arms it
+        distributed.clear_accumulated_gradients(session.optimizer)
         world = distributed.current_world()
         config = for_world(session.config, world)
         session.steps_per_epoch = state.steps_per_epoch  # rank 0's, for workers that joined
@@ -497,7 +500,9 @@ class ElasticFit:
         if world.is_chief:
             write_run_config(session, world, workers, data,
                              self.restored if first_start else position)
-        commit = distributed.commit_callback(state, config.elastic_commit_steps)
+        # Commits fall between updates (see backward_passes_per_step).
+        updates = -(-config.elastic_commit_steps // config.backward_passes_per_step)
+        commit = distributed.commit_callback(state, updates * config.backward_passes_per_step)
         world_session = dataclasses.replace(session, config=config)
         callbacks, nonfinite, progress = make_callbacks(world_session, world, position, data,
                                                         [commit])
@@ -636,6 +641,7 @@ def write_results(session: Session, result: FitResult, summary: typing.Dict[str,
     if recipe.build_reports is not None:
         summary["reports"] = recipe.build_reports(config, session.model, result.data)
     if config.export:
+        faults_lib.before_export(session.faults)
         export.save(recipe, config, session.model, result.data, paths.export)
         summary["export"] = paths.export
     run_folder.write_json(paths.summary, summary)
