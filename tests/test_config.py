@@ -53,6 +53,17 @@ def test_out_of_range_values_are_rejected(key, value):
         config_lib.build(image.ImageConfig, {key: value})
 
 
+@pytest.mark.parametrize("key", ["checkpoint_every_steps", "max_steps_per_epoch"])
+def test_steps_that_would_split_an_accumulated_update_are_rejected(key):
+    """A checkpoint between two accumulated batches would lose the first one's gradients
+    (the accumulators are not saved), so a resumed run would differ."""
+    with pytest.raises(errors.ConfigError) as error:
+        config_lib.build(image.ImageConfig, {"backward_passes_per_step": "2", key: "5"})
+    assert key in str(error.value) and "multiple of backward_passes_per_step (2)" in str(
+        error.value)
+    config_lib.build(image.ImageConfig, {"backward_passes_per_step": "2", key: "6"})
+
+
 def test_override_syntax_is_checked():
     assert config_lib.split_overrides(["--epochs=2", "--data-dir=/x=y"]) == {
         "epochs": "2", "data_dir": "/x=y"}

@@ -109,6 +109,23 @@ def test_nan_steps_can_be_skipped_on_every_worker(tmp_path):
     assert all(math.isfinite(value) for value in summary["validation"].values())
 
 
+@pytest.mark.timeout(300)
+def test_slow_checkpoint_and_export_writes_are_waited_for_not_taken_for_a_stall(tmp_path):
+    """The chief's first checkpoint and its export each take 15 s longer than
+    stall_shutdown_seconds=10 while the other rank waits for them: the run must finish,
+    with both written, instead of being stopped as hung."""
+    run_dir = str(tmp_path / "slow")
+    result = launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE,
+                     "--epochs=1", "--max_steps_per_epoch=6", "--checkpoint_every_steps=3",
+                     "--stall_check_seconds=5", "--stall_shutdown_seconds=10"],
+                    check=False, env=faults(slow_checkpoint_seconds=15, slow_export_seconds=15))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 has been writing for" in result.stderr
+    assert checkpoint_steps(run_dir) == [3, 6]
+    assert os.path.exists(os.path.join(run_dir, "export", "saved_model.pb"))
+    assert read_json(os.path.join(run_dir, "summary.json"))["global_steps"] == 6
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MB tmpfs, so that the test can fill it up (needs root, as CI has)."""

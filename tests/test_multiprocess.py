@@ -43,6 +43,20 @@ def test_without_distributed_optimizer_weights_differ():
     assert len(hashes["local"]) == 2
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("deterministic", ["false", "true"])
+def test_each_rank_draws_its_own_dropout_masks_from_the_run_seed(tmp_path, deterministic):
+    """Same seed, same initial weights, but dropout masks of each rank's own (with and
+    without deterministic dropout generators), the same again when the run is repeated."""
+    runs = [results(horovodrun(2, ["tests/workers/dropout_masks.py",
+                                   str(tmp_path / f"run{index}"), deterministic]).stdout)
+            for index in range(2)]
+    for by_rank in runs:
+        assert by_rank[0]["weights"] == by_rank[1]["weights"]
+        assert by_rank[0]["masks"] != by_rank[1]["masks"]
+    assert runs[0] == runs[1]
+
+
 def final_kernel(run_dir):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
         os.path.join(run_dir, "checkpoints")))

@@ -135,17 +135,25 @@ class Checkpointing(keras.callbacks.Callback):
     every rank and a run resumed from it continues exactly as the uninterrupted one would.
     At epoch ends the statistics were already averaged before validation. Before every
     checkpoint all ranks also call ``gather_random_states()`` (a collective: every rank's
-    dropout generator states, which differ per rank). Only the chief writes.
+    dropout generator states, which differ per rank). Only the chief writes; the others
+    wait for it through ``run_on_chief(work)`` (see distributed.run_on_chief), so that a
+    slow write is not taken for a stall.
     """
 
     def __init__(self, checkpointer, every_steps, steps_per_epoch, synchronise,
-                 gather_random_states):
+                 gather_random_states, run_on_chief):
         super().__init__()
         self.checkpointer = checkpointer  # None on ranks other than the chief
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.synchronise = synchronise
         self.gather_random_states = gather_random_states
+        self.run_on_chief = run_on_chief
+
+    def _save(self, epochs_done):
+        random_states = self.gather_random_states()
+        self.run_on_chief(lambda: self.checkpointer.save(epochs_done=epochs_done,
+                                                         random_states=random_states))
 
     def on_train_begin(self, logs=None):
         self.step = int(self.model.optimizer.iterations.numpy())
@@ -156,16 +164,11 @@ class Checkpointing(keras.callbacks.Callback):
                 or self.step % self.steps_per_epoch == 0):
             return
         self.synchronise(self.model)
-        random_states = self.gather_random_states()
-        if self.checkpointer is not None:
-            self.checkpointer.save(epochs_done=self.step // self.steps_per_epoch,
-                                   random_states=random_states)
+        self._save(self.step // self.steps_per_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         # A run stopped mid-epoch (NaN) did not finish the epoch: do not record it as done.
         # (stop_training is set on every rank at the same step, so all skip together.)
         if self.model.stop_training:
             return
-        random_states = self.gather_random_states()
-        if self.checkpointer is not None:
-            self.checkpointer.save(epochs_done=epoch + 1, random_states=random_states)
+        self._save(epoch + 1)

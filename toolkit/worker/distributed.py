@@ -15,6 +15,9 @@ import dataclasses
 import functools
 import os
 import socket
+import threading
+import time
+import typing
 
 import tensorflow as tf
 import tf_keras
@@ -208,10 +211,67 @@ def time_allreduce(elements):
                                                              name="allreduce_probe").numpy())
 
 
-def barrier():
-    """Wait until every worker gets here."""
-    # Horovod: a tiny allreduce that everyone must join.
-    hvd_tf.allreduce(tf.constant(0.0), name="barrier")
+# Chief's work in progress, done, or failed: the flag run_on_chief broadcasts.
+_WORKING, _DONE, _FAILED = 0, 1, 2
+
+
+def run_on_chief(world: World, work: typing.Callable[[], typing.Any],
+                 on_wait: typing.Callable[[float], None] = lambda seconds: None,
+                 poll_seconds: float = 1.0) -> typing.Any:
+    """Run ``work()`` on the chief (writing a checkpoint, the export, the reports) while
+    every other rank waits for it; return its result on the chief, None elsewhere.
+
+    The others do not wait in one collective that lasts as long as the work: a stall
+    check (Horovod's, or the toolkit's watchdog) would take a large export or a slow
+    shared filesystem for a hung job and stop it. Instead, while the chief works on its
+    main thread, a thread of the chief broadcasts "still working" every ``poll_seconds``;
+    the others take part in each broadcast, and every rank calls ``on_wait(seconds so
+    far)`` after each (the watchdog counts that as progress, on the chief too). A failure of ``work`` is raised on the chief
+    only (its message is the one the user needs; horovodrun then stops the others).
+    """
+    if world.size == 1:
+        return work()
+    if not world.is_chief:
+        started = time.monotonic()
+        while True:
+            # Horovod: the chief's flag, once per poll.
+            flag = int(hvd_tf.broadcast(tf.constant(_WORKING), root_rank=0,
+                                        name="chief_work").numpy())
+            on_wait(time.monotonic() - started)
+            if flag != _WORKING:
+                return None
+    finished = threading.Event()
+    outcome = {"flag": _WORKING}
+    heartbeat_error = []
+    started = time.monotonic()
+
+    def heartbeat():
+        try:
+            while True:
+                done = finished.wait(poll_seconds)
+                flag = outcome["flag"] if done else _WORKING
+                # Horovod: the same broadcast the other ranks wait in.
+                hvd_tf.broadcast(tf.constant(flag), root_rank=0, name="chief_work")
+                on_wait(time.monotonic() - started)
+                if done:
+                    return
+        except Exception as error:  # a lost worker (elastic reset), raised below
+            heartbeat_error.append(error)
+
+    thread = threading.Thread(target=heartbeat, name="toolkit-chief-heartbeat", daemon=True)
+    thread.start()
+    try:
+        result = work()
+        outcome["flag"] = _DONE
+    except BaseException:
+        outcome["flag"] = _FAILED
+        raise
+    finally:
+        finished.set()
+        thread.join()
+    if heartbeat_error:
+        raise heartbeat_error[0]
+    return result
 
 
 def build_info():

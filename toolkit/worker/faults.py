@@ -18,6 +18,9 @@ of ``key=value``:
     on the chief, when the K-th checkpoint of this process has written its files but the
     ``checkpoint`` pointer has not moved to it yet, write the checkpoint's path to PATH
     and sleep, so that the test can kill the run exactly there.
+``slow_checkpoint_seconds=S``
+    on the chief, the first checkpoint write takes S seconds longer (a slow shared
+    filesystem), while the other ranks wait for it.
 ``slow_export_seconds=S``
     the chief sleeps S seconds before it writes the export: a large model or a slow
     shared filesystem, while the other ranks wait for it.
@@ -49,6 +52,7 @@ class Faults:
     pause_at_checkpoint: int = 0
     pause_marker: str = ""
     record_examples: str = ""
+    slow_checkpoint_seconds: int = 0
     slow_export_seconds: int = 0
 
 
@@ -105,12 +109,14 @@ def _hang_at(stall_step):
 
 def after_checkpoint_write(faults: Faults) -> typing.Optional[typing.Callable[[str], None]]:
     """The Checkpointer's ``after_write`` hook for ``faults`` (None: no hook)."""
-    if not faults.pause_at_checkpoint:
+    if not (faults.pause_at_checkpoint or faults.slow_checkpoint_seconds):
         return None
     writes = []
 
     def pause(path):
         writes.append(path)
+        if len(writes) == 1:
+            time.sleep(faults.slow_checkpoint_seconds)
         if len(writes) != faults.pause_at_checkpoint:
             return
         with open(faults.pause_marker, "w") as stream:

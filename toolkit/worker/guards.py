@@ -105,6 +105,9 @@ class StallWatchdog(keras.callbacks.Callback):
     so every rank's watchdog fires within a second or so of the others; the launcher
     turns the exit code into one diagnosis. The first batch of a fit (tracing, XLA
     compilation) is not timed, nor is anything outside a fit (the chief's export).
+    Inside a fit, the chief's checkpoint writes are waited for with
+    ``distributed.run_on_chief``, which reports each second waited (:meth:`waited`): a
+    slow write is progress, not a stall.
     """
 
     def __init__(self, rank, warn_seconds, shutdown_seconds, poll_seconds=1.0):
@@ -118,10 +121,26 @@ class StallWatchdog(keras.callbacks.Callback):
         self.global_step = 0
         self.warned = False
         self.thread = None
+        self.wait_seconds = 0.0  # of the current wait for the chief (see waited)
+        self.waits_reported = 0
 
     def _progress(self):
         self.last_progress = time.monotonic()
         self.warned = False
+
+    def waited(self, seconds):
+        """Every rank, every second it waits for the chief's work: progress. The chief
+        says once per ``warn_seconds`` that it is still at it."""
+        self._progress()
+        if seconds < self.wait_seconds:  # a new wait
+            self.waits_reported = 0
+        self.wait_seconds = seconds
+        reports = int(seconds // max(self.warn_seconds, 1))
+        if self.rank == 0 and reports > self.waits_reported:
+            self.waits_reported = reports
+            print(f"[toolkit] rank 0 has been writing for {seconds:.0f} s (a checkpoint, "
+                  "the export or reports); the other workers wait for it", file=sys.stderr,
+                  flush=True)
 
     def on_train_begin(self, logs=None):
         self.armed = False

@@ -7,6 +7,7 @@ calls it first.
 import os
 import typing
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -63,7 +64,8 @@ def configure(config: config_lib.TrainConfig,
     if config.mixed_precision:
         # float16 with loss scaling on GPUs; bfloat16 (no scaling needed) on CPUs.
         keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
-    # Same seed everywhere: identical initial weights and reproducible runs.
+    # Same seed everywhere: identical initial weights and reproducible runs (the model's
+    # own random numbers are made per rank once it is built: see seed_per_rank).
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         # Deterministic kernels, and dropout randomness held in variables (so it is saved
@@ -72,6 +74,29 @@ def configure(config: config_lib.TrainConfig,
         keras.backend.experimental.enable_tf_random_generator()
     return {"intra_op_threads": intra_op, "device": gpu or "CPU",
             "deterministic": config.deterministic}
+
+
+def rank_seed(seed: int, rank: int, stream: int = 0) -> int:
+    """A seed for random stream ``stream`` of worker ``rank`` in a run seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
+
+
+def seed_per_rank(seed: int, rank: int,
+                  generators: typing.Sequence[tf.random.Generator]) -> None:
+    """Give this worker random numbers of its own for what the model draws while training
+    (dropout): with one seed everywhere, every rank would draw the same masks for its
+    different examples. Call after the model is built (its initial weights come from the
+    run's seed, identical everywhere) and before training is traced.
+
+    Dropout without ``deterministic`` uses TensorFlow's seeded ops, which take their
+    seeds from the global seed when the training function is traced; with it, each layer
+    has a ``tf.random.Generator`` (see checkpoints.random_generators), reseeded here. The
+    data's shuffling and augmentation carry their own seeds (see toolkit.data) and do not
+    depend on either.
+    """
+    tf.random.set_seed(rank_seed(seed, rank))
+    for index, generator in enumerate(generators, start=1):
+        generator.reset_from_seed(rank_seed(seed, rank, index))
 
 
 def _nvidia_device_files() -> bool:

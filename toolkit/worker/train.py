@@ -257,6 +257,8 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
     schedule = lr_schedules.build(config, lr_schedules.batch_scale(user_config, world.size),
                                   steps_per_epoch)
     model, optimizer, guard = build_training(recipe, config, data, schedule)
+    random_generators = checkpoints.random_generators(model)
+    runtime.seed_per_rank(config.seed, world.rank, random_generators)
     faults_lib.install_in_model(model, world.rank, faults)
     plan = checkpoints.Plan(examples_per_epoch=data.train.examples.count,
                             global_batch_size=data.train.global_batch_size,
@@ -272,7 +274,7 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                    model=model, optimizer=optimizer, schedule=schedule, guard=guard,
                    checkpointer=checkpointer,
                    watchdog=watchdog,
-                   random_generators=checkpoints.random_generators(model), faults=faults)
+                   random_generators=random_generators, faults=faults)
 
 
 # ------------------------------------------------------------------ 3. restore or start
@@ -360,7 +362,9 @@ def make_callbacks(session: Session, world: distributed.World,
         callbacks_lib.Checkpointing(session.checkpointer if world.is_chief else None,
                                     config.checkpoint_every_steps, session.steps_per_epoch,
                                     distributed.average_non_trainable,
-                                    lambda: gather_random_states(session))]
+                                    lambda: gather_random_states(session),
+                                    lambda work: distributed.run_on_chief(
+                                        world, work, on_wait=session.watchdog.waited))]
     if world.size > 1:
         callbacks.append(tensorboard_logs.AllreduceShare(throughput, distributed.time_allreduce))
     progress = None
@@ -626,11 +630,11 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
         "weights_identical_on_all_ranks": len(set(hashes)) == 1,
         "wall_seconds": round(time.time() - started, 1),
     }
-    if world.is_chief:
-        write_results(session, result, summary, metrics)
     # Nobody exits before the chief has written everything: horovodrun stops all workers
-    # as soon as one exits non-zero, which would cut the chief's export short.
-    distributed.barrier()
+    # as soon as one exits non-zero, which would cut the chief's export short. Waiting in
+    # one long collective instead could be taken for a stall (see run_on_chief).
+    distributed.run_on_chief(world, lambda: write_results(session, result, summary, metrics),
+                             on_wait=session.watchdog.waited)
     return summary
 
 
