@@ -94,6 +94,21 @@ def kill_inside_checkpoint_save(arguments, marker, count, timeout=240):
         return stream.read()
 
 
+def kill_after_checkpoint(arguments, run_dir, step, env=None):
+    """Start the run and SIGKILL all of it once a checkpoint at ``step`` or later exists
+    (and before the run ends)."""
+    process = start_launch(arguments + [f"--run_dir={run_dir}"], env=env,
+                           output=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while process.poll() is None and time.time() < deadline and not any(
+            saved >= step for saved in checkpoint_steps(run_dir)):
+        time.sleep(0.01)
+    kill_session(process)
+    assert any(saved >= step for saved in checkpoint_steps(run_dir))
+    assert not os.path.exists(os.path.join(run_dir, "summary.json")), "killed too late"
+    assert_nothing_left(run_dir)
+
+
 def kill_session(process):
     """SIGKILL ``process`` and everything in its session (launcher, horovodrun, workers)."""
     if process.poll() is None:

@@ -6,13 +6,10 @@ The kill point is drawn from a seeded generator: the seed is printed, and
 
 import os
 import random
-import subprocess
-import time
 
 import pytest
 
-from helpers import (assert_nothing_left, checkpoint_steps, kill_session, launch, read_json,
-                     start_launch, tiny_arguments)
+from helpers import kill_after_checkpoint, launch, read_json, tiny_arguments
 
 pytestmark = pytest.mark.multiprocess
 
@@ -22,19 +19,6 @@ SEED = int(os.environ.get("TOOLKIT_TEST_SEED", random.SystemRandom().randrange(1
 def kill_point(choices):
     print(f"kill point drawn with TOOLKIT_TEST_SEED={SEED}")
     return random.Random(SEED).choice(choices)
-
-
-def kill_after_checkpoint(arguments, run_dir, step):
-    """Start the run and SIGKILL all of it once a checkpoint at ``step`` or later exists."""
-    process = start_launch(arguments + [f"--run_dir={run_dir}"], output=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while process.poll() is None and time.time() < deadline and not any(
-            saved >= step for saved in checkpoint_steps(run_dir)):
-        time.sleep(0.01)
-    kill_session(process)
-    assert any(saved >= step for saved in checkpoint_steps(run_dir))
-    assert not os.path.exists(os.path.join(run_dir, "summary.json")), "killed too late"
-    assert_nothing_left(run_dir)
 
 
 def assert_resumed_identically(arguments, tmp_path, steps_per_epoch, epochs, choices):

@@ -42,6 +42,9 @@ class TrainConfig:
     seed: int = 42  # same on every rank: one data order, same initial weights; augmentation
     # draws from (seed, epoch, example), so it differs between examples and ranks
     mixed_precision: bool = False  # float16 on GPU, bfloat16 on CPU
+    # auto: float16 with dynamic loss scaling on GPUs, bfloat16 on CPUs; float16 forces
+    # the GPU path anywhere (slow on CPUs: the tests use it to run that path).
+    mixed_precision_type: typing.Literal["auto", "float16", "bfloat16"] = "auto"
     jit_compile: bool = False  # XLA; off by default because it recompiles per shape
     intra_op_threads: int = 0  # 0 = CPU cores / local workers, so workers share cores
     inter_op_threads: int = 0  # 0 = 1 when a worker has one core, else 2

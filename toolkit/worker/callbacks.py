@@ -94,7 +94,9 @@ def _format(logs):
 
 
 class StepScalars(keras.callbacks.Callback):
-    """Chief only: learning rate and samples/s every ``every_steps`` steps to TensorBoard.
+    """Chief only: learning rate and samples/s every ``every_steps`` steps to TensorBoard,
+    and the loss scale under float16 (``step/loss_scale``: it halves at every step whose
+    scaled gradients overflowed, which was then skipped).
 
     Keras' TensorBoard callback logs the learning rate once per epoch; warm-up happens
     within the first epoch, so it is logged here by step too.
@@ -117,6 +119,8 @@ class StepScalars(keras.callbacks.Callback):
         with self.writer.as_default(step=self.step):
             # With a schedule, tf_keras' learning_rate is the rate of the step just taken.
             tf.summary.scalar("step/learning_rate", self.model.optimizer.learning_rate)
+            if getattr(self.model.optimizer, "dynamic", False):
+                tf.summary.scalar("step/loss_scale", self.model.optimizer.loss_scale)
             rate = self.throughput.recent_samples_per_second(self.every_steps)
             if rate:
                 tf.summary.scalar("step/samples_per_second", rate)

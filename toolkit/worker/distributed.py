@@ -121,8 +121,9 @@ def clear_accumulated_gradients(optimizer):
 
 def broadcast_variables(variables):
     """Make every worker's copy of ``variables`` equal to rank 0's."""
-    # Horovod: broadcast from rank 0, which holds the restored checkpoint if there is one.
-    hvd_tf.broadcast_variables(variables, root_rank=0)
+    if variables:
+        # Horovod: broadcast from rank 0, which holds the restored checkpoint if any.
+        hvd_tf.broadcast_variables(variables, root_rank=0)
 
 
 def broadcast_object(value):

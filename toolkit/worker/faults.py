@@ -11,6 +11,9 @@ of ``key=value``:
 
 ``nan_at_step=N,nan_rank=R``
     rank R's loss (and so its gradients) becomes NaN at global step N.
+``overflow_at_step=N,overflow_rank=R``
+    rank R's loss is multiplied by 1e30 at global step N: under float16 its scaled
+    gradients overflow to Inf, as a loss spike would make them.
 ``stall_at_step=N,stall_rank=R``
     rank R hangs in global step N, before its gradients are all-reduced, while its
     Horovod background thread goes on: a worker stuck in I/O or a deadlock.
@@ -47,6 +50,8 @@ ENVIRONMENT_VARIABLE = "TOOLKIT_TEST_FAULTS"
 class Faults:
     nan_at_step: int = 0
     nan_rank: int = 0
+    overflow_at_step: int = 0
+    overflow_rank: int = 0
     stall_at_step: int = 0
     stall_rank: int = 0
     pause_at_checkpoint: int = 0
@@ -70,15 +75,17 @@ def from_environment(environment=os.environ) -> Faults:
 
 
 def install_in_model(model, rank: int, faults: Faults) -> None:
-    """Give this rank's training step the NaN and stall faults asked for.
+    """Give this rank's training step the NaN, overflow and stall faults asked for.
 
     Wraps the compiled model's ``compute_loss`` (call after ``compile``, before ``fit``).
-    The NaN is a multiplication, so that the gradients turn NaN too, as in a real
-    divergence; the stall is a Python call inside the step that never returns.
+    The NaN and the overflow are multiplications, so that the gradients follow, as in a
+    real divergence or loss spike; the stall is a Python call inside the step that never
+    returns.
     """
     poison = faults.nan_at_step and rank == faults.nan_rank
+    overflow = faults.overflow_at_step and rank == faults.overflow_rank
     stall = faults.stall_at_step and rank == faults.stall_rank
-    if not (poison or stall):
+    if not (poison or overflow or stall):
         return
     compute_loss = model.compute_loss
 
@@ -89,10 +96,12 @@ def install_in_model(model, rank: int, faults: Faults) -> None:
             with tf.control_dependencies([tf.py_function(_hang_at(faults.stall_at_step),
                                                          [step], tf.int64)]):
                 value = tf.identity(value)
-        if poison:
-            at_fault = tf.equal(step, faults.nan_at_step)
-            value = value * tf.where(at_fault, tf.constant(float("nan"), value.dtype),
-                                     tf.constant(1.0, value.dtype))
+        for wanted, at_step, factor in ((poison, faults.nan_at_step, float("nan")),
+                                        (overflow, faults.overflow_at_step, 1e30)):
+            if wanted:
+                value = value * tf.where(tf.equal(step, at_step),
+                                         tf.constant(factor, value.dtype),
+                                         tf.constant(1.0, value.dtype))
         return value
 
     model.compute_loss = faulty

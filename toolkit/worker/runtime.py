@@ -62,8 +62,7 @@ def configure(config: config_lib.TrainConfig,
               "training runs on the CPU. VERBOSE=1 shows TensorFlow's own messages",
               flush=True)
     if config.mixed_precision:
-        # float16 with loss scaling on GPUs; bfloat16 (no scaling needed) on CPUs.
-        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+        keras.mixed_precision.set_global_policy(precision_policy(config, gpu is not None))
     # Same seed everywhere: identical initial weights and reproducible runs (the model's
     # own random numbers are made per rank once it is built: see seed_per_rank).
     keras.utils.set_random_seed(config.seed)
@@ -74,6 +73,25 @@ def configure(config: config_lib.TrainConfig,
         keras.backend.experimental.enable_tf_random_generator()
     return {"intra_op_threads": intra_op, "device": gpu or "CPU",
             "deterministic": config.deterministic}
+
+
+def precision_policy(config: config_lib.TrainConfig, gpu: bool) -> str:
+    """The Keras mixed-precision policy: float16 on GPUs (tf_keras' compile then wraps
+    the optimizer, Horovod's DistributedOptimizer, in a LossScaleOptimizer with a dynamic
+    loss scale), bfloat16 on CPUs (same range as float32, no scaling needed); or the type
+    ``mixed_precision_type`` names."""
+    kind = config.mixed_precision_type
+    if kind == "auto":
+        kind = "float16" if gpu else "bfloat16"
+    return "mixed_" + kind
+
+
+def loss_scale_variables(model) -> typing.List[tf.Variable]:
+    """The dynamic loss scale's variables (scale, good steps) under float16, else []."""
+    optimizer = model.optimizer
+    if not getattr(optimizer, "dynamic", False):  # a LossScaleOptimizer's property
+        return []
+    return [optimizer._loss_scale.current_loss_scale, optimizer.dynamic_counter]
 
 
 def rank_seed(seed: int, rank: int, stream: int = 0) -> int:

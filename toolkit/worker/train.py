@@ -299,8 +299,10 @@ def restore_or_start(session: Session, world: distributed.World) -> checkpoints.
         raise errors.CheckpointError(message)
     session.checkpointer.worlds = note_world(
         session.checkpointer.worlds, world, session.checkpointer.plan, position.global_step)
+    # The loss scale (float16) is the LossScaleOptimizer's, not in the optimizer's list.
     distributed.broadcast_variables(session.model.variables
-                                    + list(session.optimizer.variables))
+                                    + list(session.optimizer.variables)
+                                    + runtime.loss_scale_variables(session.model))
     if session.random_generators and random_states is not None and random_states.size:
         row = world.rank if len(random_states) == world.size else 0
         checkpoints.set_random_states(session.random_generators, random_states[row])
@@ -478,6 +480,10 @@ class ElasticFit:
         session = self.session
         session.watchdog.armed = False  # a reset is not a stall; the next fit re-arms it
         distributed.clear_accumulated_gradients(session.optimizer)
+        # Under float16 every rank scales its loss before the all-reduce, so all must use
+        # one loss scale; the elastic state holds the optimizer's variables, not the
+        # LossScaleOptimizer's. Rank 0's wins.
+        distributed.broadcast_variables(runtime.loss_scale_variables(session.model))
         world = distributed.current_world()
         config = for_world(session.config, world)
         session.steps_per_epoch = state.steps_per_epoch  # rank 0's, for workers that joined
@@ -618,6 +624,9 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
         "planned_global_steps": config.epochs * session.steps_per_epoch,
         "steps_per_epoch": session.steps_per_epoch,
         "nonfinite_steps_skipped": int(session.guard.skipped_steps.numpy()),
+        # float16 only: the dynamic loss scale at the end (it is in every checkpoint).
+        "loss_scale": ([float(variable.numpy()) for variable in
+                        runtime.loss_scale_variables(session.model)] or [None])[0],
         "world_size": world.size,
         "global_batch_size": for_world(config, world).batch_size_per_worker * world.size,
         "elastic_resets": result.resets,
