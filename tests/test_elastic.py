@@ -5,8 +5,10 @@ import os
 import signal
 import socket
 
+import numpy as np
 import psutil
 import pytest
+import tensorflow as tf
 
 from helpers import (TINY_IMAGE, checkpoint_steps, kill_session, launch, read_json,
                      start_launch, wait_for, worker_pids)
@@ -21,12 +23,25 @@ def three_local_host_names():
     return ["localhost", "127.0.0.1", address]
 
 
+def trainable_kernels(run_dir, step):
+    """The model's kernels (trainable weights) in checkpoint ``ckpt-<step>``."""
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints", f"ckpt-{step}"))
+    names = sorted(name for name in reader.get_variable_to_shape_map()
+                   if name.startswith("model/") and "/kernel/.ATTRIBUTES" in name
+                   and "/.OPTIMIZER_SLOT/" not in name)
+    assert names
+    return [reader.get_tensor(name) for name in names]
+
+
 @pytest.mark.timeout(600)
 def test_the_world_grows_and_shrinks_with_one_schedule_and_identical_weights(tmp_path):
     """Two workers; a third host is added to the hostfile (the world grows to 3), then
     that worker is killed and its host removed (it shrinks back to 2). The joining
     worker starts in a world larger than the starting one: it must still use the run's
-    learning-rate schedule, derived from the fixed global batch, not its own world."""
+    learning-rate schedule, derived from the fixed global batch, not its own world.
+    Gradients are accumulated over 2 batches, so commits and resets must fall between
+    updates. (Here the survivors learn of the lost worker at a commit, with nothing
+    accumulated; what a reset does to half-done sums is tested in test_multiprocess.)"""
     names = three_local_host_names()
     hostfile = tmp_path / "hosts"
     hostfile.write_text("".join(f"{name} slots=1\n" for name in names[:2]))
@@ -37,7 +52,8 @@ def test_the_world_grows_and_shrinks_with_one_schedule_and_identical_weights(tmp
          "--elastic", "--min_np=2", "--max_np=3", f"--run_dir={run_dir}",
          "--global_batch_size=96", "--batch_size_per_worker=32", f"--epochs={epochs}",
          f"--max_steps_per_epoch={steps}", "--max_validation_examples=300",
-         "--elastic_commit_steps=5", "--checkpoint_every_steps=5", "--intra_op_threads=1",
+         "--backward_passes_per_step=2", "--elastic_commit_steps=6",
+         "--checkpoint_every_steps=6", "--intra_op_threads=1",
          "--export=false"])
 
     def trained_past(step):
@@ -48,8 +64,8 @@ def test_the_world_grows_and_shrinks_with_one_schedule_and_identical_weights(tmp
         assert trained_past(10)
         hostfile.write_text("".join(f"{name} slots=1\n" for name in names))
         assert wait_for(lambda: len(worker_pids(run_dir)) == 3, timeout=120), "never grew"
-        # Three workers train (and commit) for a while: checkpoints come every 5 steps.
-        assert trained_past(max(checkpoint_steps(run_dir)) + 10)
+        # Three workers train (and commit) for a while: checkpoints come every 6 steps.
+        assert trained_past(max(checkpoint_steps(run_dir)) + 12)
         hostfile.write_text("".join(f"{name} slots=1\n" for name in names[:2]))
         os.kill(worker_pids(run_dir)[2], signal.SIGKILL)
         output, _ = process.communicate(timeout=500)
@@ -72,6 +88,12 @@ def test_the_world_grows_and_shrinks_with_one_schedule_and_identical_weights(tmp
     assert summary["global_steps"] == summary["planned_global_steps"] == epochs * steps
     assert summary["weights_identical_on_all_ranks"]
     assert summary["validation"]["accuracy"] > 0.5  # the model is valid, and learned
+    # Updates went on after the last reset (a worker left with Horovod's counter past
+    # its all-reduce point would never all-reduce or update again).
+    before, after = checkpoint_steps(run_dir)[-2:]
+    assert before > steps_at_reset[-1]
+    assert not all(np.array_equal(old, new) for old, new in zip(
+        trainable_kernels(run_dir, before), trainable_kernels(run_dir, after)))
 
 
 @pytest.mark.timeout(300)
