@@ -99,22 +99,27 @@ def rank_seed(seed: int, rank: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
 
 
-def seed_per_rank(seed: int, rank: int,
-                  generators: typing.Sequence[tf.random.Generator]) -> None:
-    """Give this worker random numbers of its own for what the model draws while training
+def seed_per_rank(seed: int, rank: int, model) -> None:
+    """Give this worker random numbers of its own for what ``model`` draws while training
     (dropout): with one seed everywhere, every rank would draw the same masks for its
     different examples. Call after the model is built (its initial weights come from the
     run's seed, identical everywhere) and before training is traced.
 
-    Dropout without ``deterministic`` uses TensorFlow's seeded ops, which take their
-    seeds from the global seed when the training function is traced; with it, each layer
-    has a ``tf.random.Generator`` (see checkpoints.random_generators), reseeded here. The
-    data's shuffling and augmentation carry their own seeds (see toolkit.data) and do not
-    depend on either.
+    Each random layer (tf_keras' ``RandomGenerator``) gets a seed from (run seed, rank,
+    layer): without ``deterministic`` that is the op seed of its seeded dropout ops; with
+    it, its ``tf.random.Generator`` is reseeded (see checkpoints.random_generators). The
+    global seed stays the run's: tf.data combines it with the data's own seeds, and the
+    data order must be the same on every rank (see toolkit.data).
     """
-    tf.random.set_seed(rank_seed(seed, rank))
+    modules = [model, *model.submodules]
+    generators = [module._random_generator for module in modules
+                  if hasattr(getattr(module, "_random_generator", None), "make_legacy_seed")]
     for index, generator in enumerate(generators, start=1):
-        generator.reset_from_seed(rank_seed(seed, rank, index))
+        stream = rank_seed(seed, rank, index)
+        if isinstance(getattr(generator, "_generator", None), tf.random.Generator):
+            generator._generator.reset_from_seed(stream)
+        else:
+            generator._seed = stream  # tf_keras: the seed its next dropout op is given
 
 
 def _nvidia_device_files() -> bool:

@@ -257,8 +257,7 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
     schedule = lr_schedules.build(config, lr_schedules.batch_scale(user_config, world.size),
                                   steps_per_epoch)
     model, optimizer, guard = build_training(recipe, config, data, schedule)
-    random_generators = checkpoints.random_generators(model)
-    runtime.seed_per_rank(config.seed, world.rank, random_generators)
+    runtime.seed_per_rank(config.seed, world.rank, model)
     faults_lib.install_in_model(model, world.rank, faults)
     plan = checkpoints.Plan(examples_per_epoch=data.train.examples.count,
                             global_batch_size=data.train.global_batch_size,
@@ -274,7 +273,7 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                    model=model, optimizer=optimizer, schedule=schedule, guard=guard,
                    checkpointer=checkpointer,
                    watchdog=watchdog,
-                   random_generators=random_generators, faults=faults)
+                   random_generators=checkpoints.random_generators(model), faults=faults)
 
 
 # ------------------------------------------------------------------ 3. restore or start
