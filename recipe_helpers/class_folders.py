@@ -10,13 +10,20 @@ scan with an error that names the first few and the config key that skips them; 
 ``"skip"`` they are left out and listed in :attr:`Listing.problems`. An empty class, a
 class with no usable file, a missing folder and fewer than two classes are errors that
 name the folder.
+
+Given a ``cache_dir``, the scan's result is kept in a manifest (toolkit.manifests): the
+next scan of the unchanged folder lists and checks nothing, it reads the manifest. Files
+are checked by several threads at once, with progress lines on long scans.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import os
 import typing
 
 from toolkit import errors
+from toolkit import manifests
 
 
 class UnusableFile(Exception):
@@ -57,11 +64,14 @@ class Listing:
 
 def scan(directory: str, kind: FolderKind, check: typing.Callable[[str], str], *,
          bad_files: str = "error", classes: typing.Sequence[str] = (),
-         ignore: typing.Collection[str] = ()) -> Listing:
+         ignore: typing.Collection[str] = (), cache_dir: str = "", check_name: str = "",
+         rescan: bool = False) -> Listing:
     """List and check the labelled files of ``directory`` (see the module docstring).
 
     ``classes`` restricts the scan to those class folders (all must exist); by default
-    every subfolder is a class.
+    every subfolder is a class. With a ``cache_dir`` the result is kept in a manifest
+    (toolkit.manifests) and reused while the folder is unchanged; ``check_name`` names
+    the check (and its options) so that another check scans again.
     """
     if not os.path.isdir(directory):
         raise errors.DataError(f"{kind.data} folder {directory} does not exist or is not a "
@@ -80,31 +90,68 @@ def scan(directory: str, kind: FolderKind, check: typing.Callable[[str], str], *
             f"{kind.data} folder {directory} needs at least two {kind.class_word} folders, "
             f"found {found}; expected {directory}/<{kind.class_word} name>/<file> with "
             f"files ending in {', '.join(kind.extensions)}")
-    files, problems = [], []
-    for label, name in enumerate(found):
-        folder = os.path.join(directory, name)
-        entries = sorted(entry for entry in os.listdir(folder)
-                         if entry.lower().endswith(kind.extensions))
-        if not entries:
-            raise errors.DataError(
-                f"{kind.class_word} folder {folder} has no {kind.items}; every "
-                f"{kind.class_word} needs at least one file ending in "
-                f"{', '.join(kind.extensions)}")
-        usable = 0
-        for entry in entries:
-            path = os.path.join(folder, entry)
-            try:
-                readable_path = check(path)
-            except UnusableFile as why:
-                problems.append(f"{path} {why}")
-                continue
-            files.append(LabelledFile(readable_path, f"{name}/{entry}", label))
-            usable += 1
-        if not usable:
-            raise errors.DataError(f"{kind.class_word} folder {folder} has no usable "
-                                   f"{kind.items}: " + "; ".join(problems[-3:]))
+    if cache_dir:
+        content, _ = manifests.load_or_scan(
+            cache_dir, f"{kind.data}-folder",
+            {"directory": os.path.abspath(directory), "classes": found,
+             "extensions": kind.extensions, "check": check_name},
+            lambda: manifests.folder_times(directory, found),
+            lambda: _scan_classes(directory, found, kind, check), rescan=rescan)
+    else:
+        content = _scan_classes(directory, found, kind, check)
+    files = [LabelledFile(path, relative, label) for path, relative, label in content["files"]]
+    problems = content["problems"]
     if problems and bad_files == "error":
         raise errors.DataError(
             f"{len(problems)} unusable {kind.items} in {directory} (--{kind.policy_key}=skip "
             "leaves them out): " + "; ".join(problems[:5]))
     return Listing(files=files, class_names=found, problems=problems)
+
+
+# Files checked at once: checks mostly wait for the file system (a network one, for big
+# data sets), so threads overlap them.
+CHECK_THREADS = 8
+
+
+def _scan_classes(directory, class_names, kind, check):
+    """{"files": [[path, relative, label]], "problems": [...]}, checking every file."""
+    entries = []
+    for label, name in enumerate(class_names):
+        folder = os.path.join(directory, name)
+        names = sorted(entry for entry in os.listdir(folder)
+                       if entry.lower().endswith(kind.extensions))
+        if not names:
+            raise errors.DataError(
+                f"{kind.class_word} folder {folder} has no {kind.items}; every "
+                f"{kind.class_word} needs at least one file ending in "
+                f"{', '.join(kind.extensions)}")
+        entries.extend((label, name, entry) for entry in names)
+
+    def checked(entry):
+        label, name, file_name = entry
+        path = os.path.join(directory, name, file_name)
+        try:
+            return label, name, file_name, check(path), None
+        except UnusableFile as why:
+            return label, name, file_name, None, f"{path} {why}"
+
+    files, problems, usable = [], [], collections.Counter()
+    progress = manifests.Progress(f"checking the {kind.items} of {directory}", len(entries))
+    with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
+        for label, name, file_name, readable_path, problem in pool.map(checked, entries,
+                                                                      chunksize=256):
+            progress.advance()
+            if problem:
+                problems.append(problem)
+            else:
+                files.append([readable_path, f"{name}/{file_name}", label])
+                usable[label] += 1
+    progress.finish()
+    for label, name in enumerate(class_names):
+        if not usable[label]:
+            folder = os.path.join(directory, name)
+            raise errors.DataError(f"{kind.class_word} folder {folder} has no usable "
+                                   f"{kind.items}: " + "; ".join(
+                                       [problem for problem in problems
+                                        if problem.startswith(folder + os.sep)][:3]))
+    return {"files": files, "problems": problems}

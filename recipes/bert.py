@@ -78,7 +78,6 @@ class BertConfig(config_lib.TrainConfig):
     # Built-in data only: train on this many of the 39,588 shuffled training definitions,
     # which keeps the default run within 10 minutes on 2 CPU cores; 0 = all of them.
     wordnet_train_examples: int = 20000
-    cache_dir: str = ".cache/toolkit"  # prepared data and token caches
 
     def validate(self) -> None:
         super().validate()
@@ -256,8 +255,9 @@ def token_examples(tokens, labels):
                     "attention_mask": tf.ones([end - start], tf.int32)}
         return features, label_tensor[index]
 
-    return data_lib.Examples(tf.data.Dataset.range(len(labels)), count=len(labels), load=load,
-                             length=lambda index: splits[index + 1] - splits[index])
+    return data_lib.Examples(np.arange(len(labels)), count=len(labels), load=load,
+                             length=lambda indices: (tf.gather(splits, indices + 1)
+                                                     - tf.gather(splits, indices)))
 
 
 def padded_batches(config, pad_id):

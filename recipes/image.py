@@ -28,7 +28,9 @@ from recipe_helpers import classification
 from toolkit import config as config_lib
 from toolkit import data as data_lib
 from toolkit import errors
+from toolkit import manifests
 from toolkit import recipe as recipe_lib
+from toolkit import record_stream
 
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
                          "shirt", "sneaker", "bag", "ankle boot"]
@@ -83,16 +85,23 @@ class ImageConfig(config_lib.TrainConfig):
 
 def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
     """This worker's shard of the configured data, batched (see module docstring)."""
-    if config.data_dir:
-        train, validation, class_names, description = _folder_examples(config)
-    elif config.train_files:
-        train, validation, class_names, description = _tfrecord_examples(config)
-    else:
-        train, validation, class_names, description = _fashion_mnist_examples(config)
-
     def prepare_for_training(image, label, seed):
         image = to_model_input(image, config.image_size, config.channels)
         return (augment(image, seed) if config.augment else image), label
+
+    train_stream = None
+    if config.data_dir:
+        train, validation, class_names, description = _folder_examples(config)
+    elif config.train_files:
+        train_stream, validation, description = _tfrecord_streams(config, shard,
+                                                                  prepare_for_training)
+        class_names = [str(label) for label in range(config.num_classes)]
+    else:
+        train, validation, class_names, description = _fashion_mnist_examples(config)
+    if train_stream is None:
+        train_stream = data_lib.training_stream(train, shard=shard, config=config,
+                                                maximum=config.max_train_examples,
+                                                prepare=prepare_for_training)
 
     def prepare_for_validation(image, label):
         return to_model_input(image, config.image_size, config.channels), label
@@ -100,10 +109,7 @@ def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
     validation_batches, validation_count = data_lib.evaluation_pipeline(
         validation, shard=shard, config=config, maximum=config.max_validation_examples,
         prepare=prepare_for_validation)
-    return data_lib.Data(train=data_lib.training_stream(
-                             train, shard=shard, config=config,
-                             maximum=config.max_train_examples, prepare=prepare_for_training),
-                         validation=validation_batches, validation_examples=validation_count,
+    return data_lib.Data(train=train_stream, validation=validation_batches, validation_examples=validation_count,
                          class_names=class_names, description=description)
 
 
@@ -144,9 +150,8 @@ def _fashion_mnist_examples(config):
     splits = []
     for prefix in ("train", "t10k"):
         images, labels = fashion_mnist_split(config.fashion_mnist_dir, prefix)
-        splits.append(data_lib.Examples(
-            tf.data.Dataset.from_tensor_slices((images[..., None], labels.astype(np.int32))),
-            count=len(labels)))
+        splits.append(data_lib.Examples((images[..., None], labels.astype(np.int32)),
+                                        count=len(labels)))
     return (splits[0], splits[1], list(FASHION_MNIST_CLASSES),
             f"Fashion-MNIST from {config.fashion_mnist_dir}")
 
@@ -170,9 +175,12 @@ def check_image(path):
     return path
 
 
-def list_image_folder(directory, bad_images="error"):
-    """The checked files and class names of a folder of class subfolders."""
-    return class_folders.scan(directory, IMAGE_FOLDERS, check_image, bad_files=bad_images)
+def list_image_folder(directory, config):
+    """The checked files and class names of a folder of class subfolders (from its
+    manifest when the folder has not changed since the last scan)."""
+    return class_folders.scan(directory, IMAGE_FOLDERS, check_image,
+                              bad_files=config.bad_images, cache_dir=config.cache_dir,
+                              check_name="image-header", rescan=config.rescan_data)
 
 
 def _folder_split(config):
@@ -181,15 +189,15 @@ def _folder_split(config):
     for validation_name in ("validation", "val"):
         validation_dir = os.path.join(config.data_dir, validation_name)
         if os.path.isdir(train_dir) and os.path.isdir(validation_dir):
-            train = list_image_folder(train_dir, config.bad_images)
-            validation = list_image_folder(validation_dir, config.bad_images)
+            train = list_image_folder(train_dir, config)
+            validation = list_image_folder(validation_dir, config)
             if validation.class_names != train.class_names:
                 raise errors.DataError(
                     f"{train_dir} and {validation_dir} have different class folders: "
                     f"{train.class_names} vs {validation.class_names}")
             return train.files, validation.files, train.class_names, (
                 train.problems_note() + validation.problems_note())
-    listing = list_image_folder(config.data_dir, config.bad_images)
+    listing = list_image_folder(config.data_dir, config)
     # Hold out the same files every run: a seeded permutation within each class.
     generator = np.random.default_rng(config.seed)
     labels = np.array([item.label for item in listing.files])
@@ -210,8 +218,8 @@ def _folder_examples(config):
         return decode_image(tf.io.read_file(path), config.image_size, config.channels), label
 
     def examples(files):
-        listing = tf.data.Dataset.from_tensor_slices(
-            ([item.path for item in files], np.array([item.label for item in files], np.int32)))
+        listing = (np.array([item.path for item in files]),
+                   np.array([item.label for item in files], np.int32))
         return data_lib.Examples(listing, count=len(files), load=load)
 
     return (examples(train_files), examples(validation_files), class_names,
@@ -224,27 +232,63 @@ TFRECORD_FEATURES = {
 }
 
 
-def _scan_tfrecords(pattern, num_classes):
-    """Return the sorted files matching ``pattern`` and their record count; check labels."""
+def _scan_tfrecords(pattern, config):
+    """The sorted files matching ``pattern`` and the records each holds, with every label
+    checked: read from the set's manifest while the files are unchanged (one scan, on the
+    first run or by make prepare-data), else counted and checked now."""
     files = sorted(glob.glob(pattern))
     if not files:
         raise errors.DataError(f"no TFRecord files match {pattern!r}")
-    labels = tf.data.TFRecordDataset(files).map(
-        lambda record: tf.io.parse_single_example(
-            record, {"image/class/label": TFRECORD_FEATURES["image/class/label"]}
-        )["image/class/label"],
-        num_parallel_calls=tf.data.AUTOTUNE)
-    count = 0
-    for batch in labels.batch(4096):
-        values = batch.numpy()
-        bad = values[(values < 0) | (values >= num_classes)]
-        if bad.size:
-            raise errors.DataError(f"TFRecords {pattern!r} hold label {int(bad[0])}, outside "
-                                   f"0..{num_classes - 1} (num_classes={num_classes})")
-        count += len(values)
-    if count == 0:
+    content, _ = manifests.load_or_scan(
+        config.cache_dir, "tfrecords", {"files": [os.path.abspath(name) for name in files]},
+        lambda: manifests.file_stamps(files), lambda: _count_records(files),
+        rescan=config.rescan_data)
+    for name, low, high in zip(files, content["lowest_labels"], content["highest_labels"]):
+        for label in (low, high):
+            if label is not None and not 0 <= label < config.num_classes:
+                raise errors.DataError(
+                    f"TFRecord file {name} holds label {label}, outside 0..{config.num_classes - 1}"
+                    f" (num_classes={config.num_classes})")
+    if sum(content["counts"]) == 0:
         raise errors.DataError(f"TFRecord files {pattern!r} hold no records")
-    return files, count
+    return files, content["counts"]
+
+
+def _count_records(files):
+    """Records and lowest and highest label of each file, read in parallel."""
+    names = tf.constant(files)
+
+    def labels_of(index):
+        labels = tf.data.TFRecordDataset(names[index]).map(
+            lambda record: tf.io.parse_single_example(
+                record, {"image/class/label": TFRECORD_FEATURES["image/class/label"]}
+            )["image/class/label"]).batch(1 << 16)
+        return labels.map(lambda batch: (index, tf.size(batch, tf.int64),
+                                         tf.reduce_min(batch), tf.reduce_max(batch)))
+
+    counts, lowest, highest = [0] * len(files), [None] * len(files), [None] * len(files)
+    progress = manifests.Progress(f"counting the records of {len(files)} TFRecord files")
+    parts = tf.data.Dataset.range(len(files)).interleave(
+        labels_of, cycle_length=4, num_parallel_calls=4, deterministic=False)
+    try:
+        for index, count, low, high in parts.as_numpy_iterator():
+            counts[index] += int(count)
+            lowest[index] = int(low) if lowest[index] is None else min(lowest[index], int(low))
+            highest[index] = int(high) if highest[index] is None else max(highest[index],
+                                                                         int(high))
+            progress.advance(int(count))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        for index, name in enumerate(files):  # which one: read them one by one
+            try:
+                for _ in labels_of(index):
+                    pass
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+                break
+        raise errors.DataError(f"TFRecord file {name} cannot be read as tf.train.Example "
+                               "records with an integer image/class/label: "
+                               f"{error.message.splitlines()[0][:300]}") from None
+    progress.finish()
+    return {"counts": counts, "lowest_labels": lowest, "highest_labels": highest}
 
 
 def _parse_example(record, config):
@@ -253,15 +297,19 @@ def _parse_example(record, config):
             tf.cast(features["image/class/label"], tf.int32))
 
 
-def _tfrecord_examples(config):
-    def examples(pattern):
-        files, count = _scan_tfrecords(pattern, config.num_classes)
-        return data_lib.Examples(tf.data.TFRecordDataset(files), count=count,
-                                 load=lambda record: _parse_example(record, config))
-
-    return (examples(config.train_files), examples(config.validation_files),
-            [str(label) for label in range(config.num_classes)],
-            f"TFRecords {config.train_files}")
+def _tfrecord_streams(config, shard, prepare):
+    """The training stream (each worker reads its own files: toolkit.record_stream) and
+    the validation examples (sharded by record) of a TFRecord set."""
+    files, counts = _scan_tfrecords(config.train_files, config)
+    train = record_stream.RecordStream(
+        files, counts, lambda record: _parse_example(record, config), shard,
+        config.batch_size_per_worker, config.seed, config.shuffle_buffer,
+        config.max_steps_per_epoch, prepare, steps_per_update=config.backward_passes_per_step)
+    validation_files, validation_counts = _scan_tfrecords(config.validation_files, config)
+    validation = data_lib.Examples(tf.data.TFRecordDataset(validation_files),
+                                   count=sum(validation_counts),
+                                   load=lambda record: _parse_example(record, config))
+    return train, validation, f"TFRecords {config.train_files} ({train.layout})"
 
 
 def decode_image(encoded, image_size, channels):
@@ -299,8 +347,8 @@ def check_data(config: ImageConfig) -> None:
     if config.data_dir:
         _folder_split(config)
     elif config.train_files:
-        _scan_tfrecords(config.train_files, config.num_classes)
-        _scan_tfrecords(config.validation_files, config.num_classes)
+        _scan_tfrecords(config.train_files, config)
+        _scan_tfrecords(config.validation_files, config)
     else:
         fashion_mnist_split(config.fashion_mnist_dir, "t10k")
 

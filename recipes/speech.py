@@ -58,7 +58,6 @@ class SpeechConfig(config_lib.TrainConfig):
     validation_fraction: float = 0.15  # of speakers, when the folder has no list files
     test_fraction: float = 0.15
     bad_clips: typing.Literal["skip", "error"] = "skip"
-    cache_dir: str = ".cache/toolkit"  # generated and resampled clips
     tts_words: str = ",".join(speech_synthesis.DEFAULT_WORDS)  # words the generator speaks
     tts_espeak_speakers: int = 70  # espeak accent x variant voices (flite, festival: all)
     tts_variations: int = 4  # speed/pitch settings per espeak voice (4x for the others)
@@ -294,7 +293,9 @@ def scan_folder(config, data_dir):
     wanted = [word.strip() for word in config.words.split(",") if word.strip()]
     listing = class_folders.scan(
         data_dir, SPEECH_FOLDERS, lambda path: usable_clip(path, config.cache_dir),
-        bad_files=config.bad_clips, classes=wanted, ignore={BACKGROUND_NOISE_FOLDER})
+        bad_files=config.bad_clips, classes=wanted, ignore={BACKGROUND_NOISE_FOLDER},
+        cache_dir=config.cache_dir, check_name=f"clip-16k-{SAMPLE_RATE}",
+        rescan=config.rescan_data)
     clips = [Clip(item.relative, item.path, item.label,
                   speaker_of(os.path.basename(item.relative))) for item in listing.files]
     resampled = sum(1 for item in listing.files
@@ -360,8 +361,8 @@ def clip_examples(clips, config):
         audio, _ = tf.audio.decode_wav(tf.io.read_file(path), desired_channels=1)
         return fit_length(audio[:, 0], length), label
 
-    listing = tf.data.Dataset.from_tensor_slices(
-        ([clip.path for clip in clips], np.array([clip.label for clip in clips], np.int32)))
+    listing = (np.array([clip.path for clip in clips]),
+               np.array([clip.label for clip in clips], np.int32))
     return data_lib.Examples(listing, count=len(clips), load=load)
 
 

@@ -38,7 +38,7 @@ def validation_values(shard, maximum=0, count=23):
         tf.debugging.assert_equal(index % shard.count, tf.cast(shard.index, tf.int64))
         return index * 10
 
-    examples = data.Examples(tf.data.Dataset.range(count), count=count, load=load)
+    examples = data.Examples(np.arange(count), count=count, load=load)
     batches, size = data.evaluation_pipeline(examples, shard=shard, config=config,
                                              maximum=maximum)
     return [batch.numpy().tolist() for batch in batches], size
@@ -58,7 +58,7 @@ def test_validation_loads_only_this_workers_examples_and_keeps_their_order():
 def stream(workers, rank, count=100, global_batch=12, max_steps=0, prepare=None):
     config = config_lib.TrainConfig(batch_size_per_worker=global_batch // workers, seed=7,
                                      max_steps_per_epoch=max_steps)
-    examples = data.Examples(tf.data.Dataset.range(count), count=count,
+    examples = data.Examples(np.arange(count), count=count,
                              load=lambda index: index * 10)
     return data.training_stream(examples, shard=data.Shard(rank, workers), config=config,
                                 prepare=prepare)
@@ -119,7 +119,7 @@ def test_grouping_by_length_keeps_global_batches_and_cuts_padding():
 
     def worker_batches(workers, grouped=True):
         config = config_lib.TrainConfig(batch_size_per_worker=24 // workers, seed=7)
-        examples = data.Examples(tf.data.Dataset.range(600), count=600, length=(
+        examples = data.Examples(np.arange(600), count=600, length=(
             (lambda index: tf.gather(lengths, index)) if grouped else None))
         return [[batch.numpy().tolist() for batch in data.training_stream(
             examples, shard=data.Shard(rank, workers), config=config).example_ids(0, 0, 1)]

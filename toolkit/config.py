@@ -29,6 +29,16 @@ class TrainConfig:
     max_train_examples: int = 0  # 0 = all; cut the training set (tests, quick tries)
     max_validation_examples: int = 0  # 0 = all
 
+    # Data at scale (README, "Large data sets").
+    cache_dir: str = ".cache/toolkit"  # data manifests, prepared data, token and decode caches
+    rescan_data: bool = False  # scan the data source again even if its manifest is fresh
+    # Decoded training and validation examples: memory, a file in cache_dir (disk), or
+    # decoded again every time (none); auto = memory when they fit cache_budget_mb.
+    cache: typing.Literal["auto", "memory", "disk", "none"] = "auto"
+    cache_budget_mb: int = 1024  # per worker, for cache=auto
+    # TFRecords: records shuffled together after the files' order is shuffled each epoch.
+    shuffle_buffer: int = 10_000
+
     # Optimiser. The learning rate is for ONE worker; the toolkit scales it by world size.
     optimizer: typing.Literal["adam", "adamw", "sgd"] = "adam"
     base_learning_rate: float = 1e-3  # Adam's usual default, for one worker
@@ -102,6 +112,8 @@ class TrainConfig:
                     f"a multiple of backward_passes_per_step ({self.backward_passes_per_step})"
                     ": checkpoints are taken between updates, when no gradients are half "
                     "accumulated")
+        require(self, "cache_budget_mb", self.cache_budget_mb >= 0, "an integer >= 0")
+        require(self, "shuffle_buffer", self.shuffle_buffer >= 1, "an integer >= 1")
         require(self, "log_every_steps", self.log_every_steps >= 1, "an integer >= 1")
         require(self, "elastic_commit_steps", self.elastic_commit_steps >= 1, "an integer >= 1")
         require(self, "checkpoints_to_keep", self.checkpoints_to_keep >= 1, "an integer >= 1")

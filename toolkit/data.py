@@ -17,6 +17,7 @@ example to example, and so from rank to rank, and is the same again on a resume.
 """
 
 import dataclasses
+import functools
 import typing
 
 import numpy as np
@@ -64,18 +65,29 @@ def limit(num_examples: int, maximum: int) -> int:
 class Examples:
     """A data set, listed cheaply in a fixed order, and how to load one of its examples.
 
-    ``listing`` yields ``count`` elements that are cheap to produce (file paths with
-    labels, row indices, in-memory arrays); ``load`` turns one into a model example
-    (reads and decodes a file), or is None when the listing already is the examples.
-    ``length``, if given, is the length of the example a listing element stands for
-    (tokens of a text): training then puts examples of similar length in the same
-    global batch, which saves padding (see :meth:`TrainingStream.global_batches`).
+    ``listing`` holds ``count`` elements that are cheap to keep in memory (file paths
+    with labels, row indices, small in-memory arrays): a numpy array, or a tuple or dict
+    of them, each ``count`` long in its first dimension. Training reaches them by index,
+    so a per-epoch order is arithmetic on indices and nothing is read to skip ahead.
+    ``load`` turns one element into a model example (reads and decodes a file), or is
+    None when the listing already is the examples. ``length``, if given, maps a batch of
+    listing elements to the lengths of the examples they stand for (tokens of a text):
+    training then puts examples of similar length in the same global batch, which saves
+    padding (see :meth:`TrainingStream.global_batches`).
     """
 
-    listing: tf.data.Dataset
+    listing: Example  # or, for evaluation data only, a tf.data.Dataset of the elements
     count: int
     load: typing.Optional[ExampleFunction] = None
     length: typing.Optional[ExampleFunction] = None
+
+    def dataset(self, count: typing.Optional[int] = None) -> tf.data.Dataset:
+        """The first ``count`` (default all) listing elements as a tf.data stream."""
+        count = self.count if count is None else count
+        if isinstance(self.listing, tf.data.Dataset):  # records: evaluation data only
+            return self.listing.take(count)
+        return tf.data.Dataset.from_tensor_slices(
+            tf.nest.map_structure(lambda array: array[:count], self.listing))
 
 
 def apply(function: ExampleFunction, element: Example, **keywords) -> Example:
@@ -116,50 +128,74 @@ class TrainingStream:
         return self.batch_size * self.shard.count
 
     @property
+    def num_examples(self) -> int:
+        """Training examples of an epoch, all workers together."""
+        return self.examples.count
+
+    # The stream is the same on any number of workers (toolkit.record_stream's is not).
+    depends_on_workers = False
+
+    @property
     def steps_per_epoch(self) -> int:
         steps = limit(self.examples.count // self.global_batch_size, self.max_steps_per_epoch)
         return steps - steps % self.steps_per_update
 
-    def _epoch_seed(self, epoch: tf.Tensor) -> tf.Tensor:
-        return tf.cast(self.seed, tf.int64) * 1_000_003 + epoch
+    def _epoch_order(self, epoch: tf.Tensor) -> tf.Tensor:
+        """The listing indices of the global batches of ``epoch``, shape [steps_per_epoch,
+        global_batch_size]: a permutation of the listing drawn from (seed, epoch), cut to
+        whole global batches; with example lengths, grouped by length
+        (:meth:`_grouped_by_length`). Pure arithmetic on indices."""
+        count, size, steps = self.examples.count, self.global_batch_size, self.steps_per_epoch
+        seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                         seed)[:steps * size]
+        if self.examples.length is not None:
+            order = self._grouped_by_length(order, seed)
+        return tf.reshape(order, [steps, size])
+
+    def _grouped_by_length(self, order: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """``order`` sorted by example length within windows of LENGTH_WINDOW_BATCHES
+        global batches; the global batches cut from it are then put in a random order
+        within their window, so that a batch holds texts of similar length but the
+        lengths do not follow a pattern from step to step."""
+        size = self.global_batch_size
+        lengths = tf.cast(apply(self.examples.length, self._listing_at(order)), tf.int64)
+        position = tf.range(tf.size(order, out_type=tf.int64))
+        window = position // (size * LENGTH_WINDOW_BATCHES)
+        order = tf.gather(order, tf.argsort(window * (1 << 32) + lengths, stable=True))
+        batches = tf.reshape(order, [-1, size])
+        batch_window = tf.range(tf.shape(batches, out_type=tf.int64)[0]) // LENGTH_WINDOW_BATCHES
+        draw = tf.random.stateless_uniform(tf.shape(batch_window), seed + [0, 1 << 20],
+                                           dtype=tf.float64)
+        return tf.reshape(tf.gather(batches, tf.argsort(tf.cast(batch_window, tf.float64)
+                                                        + draw, stable=True)), [-1])
+
+    def _listing_at(self, indices: tf.Tensor) -> Example:
+        return tf.nest.map_structure(lambda tensor: tf.gather(tensor, indices),
+                                     self._listing_tensors)
+
+    @functools.cached_property
+    def _listing_tensors(self) -> Example:
+        with tf.init_scope():  # made once, eagerly, even when first asked inside a pipeline
+            return tf.nest.map_structure(tf.convert_to_tensor, self.examples.listing)
 
     def global_batches(self, epoch: int, step: int, end_epoch: int) -> tf.data.Dataset:
         """The global batches from step ``step`` of ``epoch`` to the end of epoch
         ``end_epoch - 1``, each ``(epochs, listing indices, listing elements)`` of
-        ``global_batch_size`` examples. Nothing is loaded: skipping is cheap."""
-        count, size = self.examples.count, self.global_batch_size
+        ``global_batch_size`` examples. Nothing is loaded, and the batches before
+        ``step`` are not even listed: starting late costs what starting early does."""
+        size = self.global_batch_size
 
-        def one_epoch(epoch_number):
-            order = self.examples.listing.take(count).enumerate().shuffle(
-                max(count, 1), seed=self._epoch_seed(epoch_number),
-                reshuffle_each_iteration=False)
-            if self.examples.length is not None:
-                order = self._grouped_by_length(order)
-            batches = order.map(lambda index, element: (epoch_number, index, element)).batch(
-                size, drop_remainder=True)
-            if self.examples.length is not None:
-                batches = batches.shuffle(LENGTH_WINDOW_BATCHES,
-                                          seed=self._epoch_seed(epoch_number) + 1,
-                                          reshuffle_each_iteration=False)
-            return batches.take(self.steps_per_epoch)
+        def one_epoch(epoch_number, first_step=0):
+            batches = tf.data.Dataset.from_tensor_slices(
+                self._epoch_order(epoch_number)[first_step:])
+            return batches.map(lambda indices: (
+                tf.fill([size], tf.cast(epoch_number, tf.int64)), indices,
+                self._listing_at(indices)))
 
-        first = one_epoch(tf.constant(epoch, tf.int64)).skip(step)
+        first = one_epoch(tf.constant(epoch, tf.int64), step)
         return first.concatenate(
             tf.data.Dataset.range(epoch + 1, max(end_epoch, epoch + 1)).flat_map(one_epoch))
-
-    def _grouped_by_length(self, order: tf.data.Dataset) -> tf.data.Dataset:
-        """``order`` sorted by example length within windows of LENGTH_WINDOW_BATCHES
-        global batches; the global batches cut from it are then shuffled within about a
-        window, so that a batch holds texts of similar length but the lengths do not
-        follow a pattern from step to step."""
-        def sort_window(indices, elements, lengths):
-            by_length = tf.argsort(lengths, stable=True)
-            return tf.nest.map_structure(lambda tensor: tf.gather(tensor, by_length),
-                                         (indices, elements))
-
-        return order.map(
-            lambda index, element: (index, element, apply(self.examples.length, element))
-        ).batch(self.global_batch_size * LENGTH_WINDOW_BATCHES).map(sort_window).unbatch()
 
     def _mine(self, global_batches: tf.data.Dataset) -> tf.data.Dataset:
         start = self.shard.index * self.batch_size
@@ -214,7 +250,7 @@ def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.
     randomness), batched with ``batch_size_per_worker`` (or by ``batch(dataset, False)``)
     and kept in memory, since they are the same every epoch."""
     count = limit(examples.count, maximum)
-    dataset = shard.take(examples.listing.take(count), count)
+    dataset = shard.take(examples.dataset(count), count)
     if examples.load is not None:
         dataset = dataset.map(examples.load, num_parallel_calls=tf.data.AUTOTUNE)
     if prepare is not None:
@@ -230,13 +266,14 @@ def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.
 class Data:
     """What a recipe's data builder returns, for this worker.
 
-    ``train`` is this worker's part of the training stream (:func:`training_stream`);
+    ``train`` is this worker's part of the training stream (:func:`training_stream`, or
+    toolkit.record_stream for TFRecords);
     the trainer builds its batches from wherever the run stands. ``validation`` is the
     worker's validation shard, batched (:func:`evaluation_pipeline`). Counts are per
     worker and equal on all workers.
     """
 
-    train: TrainingStream
+    train: typing.Any  # TrainingStream, or record_stream.RecordStream
     validation: tf.data.Dataset
     validation_examples: int
     class_names: typing.List[str]
@@ -245,4 +282,4 @@ class Data:
     @property
     def train_examples(self) -> int:
         """Training examples per worker and epoch."""
-        return self.train.examples.count // self.train.shard.count
+        return self.train.num_examples // self.train.shard.count

@@ -35,6 +35,9 @@ class Plan:
     examples_per_epoch: int
     global_batch_size: int
     steps_per_epoch: int
+    # 0: the stream of global batches is the same on any number of workers (toolkit.data);
+    # N: the stream was cut for N workers (TFRecords, read file by file: record_stream).
+    stream_workers: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,12 @@ def convert(epochs_done: int, global_step: int, saved: Plan, plan: Plan,
     into_epoch = global_step - epochs_done * saved.steps_per_epoch
     if saved == plan:
         return Position(epochs_done, into_epoch, global_step), ""
+    if saved.stream_workers != plan.stream_workers:
+        note = (f"the training stream was cut for {saved.stream_workers or 'any number of'} "
+                f"workers and this run has {plan.stream_workers or 'another number'} (each "
+                f"TFRecord worker reads its own files), so epoch {epochs_done + 1} starts "
+                "again from its beginning")
+        return Position(epochs_done, 0, epochs_done * plan.steps_per_epoch), note
     if saved.examples_per_epoch != plan.examples_per_epoch:
         # Other data: the examples seen so far in this epoch cannot be told apart.
         note = (f"the training data changed ({saved.examples_per_epoch} -> "
@@ -128,9 +137,12 @@ class Checkpointer:
         self.steps_per_update = steps_per_update
         self.worlds: typing.List[typing.Dict[str, int]] = []
         self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        names = ["examples_per_epoch", "global_batch_size", "steps_per_epoch"]
+        # Only runs whose stream depends on the number of workers save the field (older
+        # checkpoints, which have none, stay readable).
+        names += ["stream_workers"] if plan.stream_workers else []
         self.saved_plan = [tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
-                           for name in ("examples_per_epoch", "global_batch_size",
-                                        "steps_per_epoch")]
+                           for name in names]
         self.saved_worlds = tf.Variable("[]", dtype=tf.string, trainable=False, name="worlds")
         # [ranks, generators, state size]; its shape follows the world that saved it.
         self.random_states = tf.Variable(np.zeros([0, 0, 0], np.int64),
@@ -139,9 +151,8 @@ class Checkpointer:
         self.optimizer = optimizer
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epochs_done=self.epochs_done,
-            examples_per_epoch=self.saved_plan[0], global_batch_size=self.saved_plan[1],
-            steps_per_epoch=self.saved_plan[2], random_states=self.random_states,
-            worlds=self.saved_worlds)
+            random_states=self.random_states, worlds=self.saved_worlds,
+            **dict(zip(names, self.saved_plan)))
         self.write_options = (tf.train.CheckpointOptions(
             experimental_write_callbacks=[after_write]) if after_write else None)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep,

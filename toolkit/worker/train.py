@@ -199,7 +199,7 @@ def prepare_data(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
     steps_per_epoch = data.train.steps_per_epoch
     if steps_per_epoch == 0:
         raise errors.TrainingError(
-            f"the training set has {data.train.examples.count} examples, fewer than one "
+            f"the training set has {data.train.num_examples} examples, fewer than one "
             f"update's worth ({world.size} workers x {config.batch_size_per_worker} x "
             f"backward_passes_per_step={config.backward_passes_per_step}); lower the batch "
             "size, the accumulation or NP")
@@ -259,9 +259,11 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
     model, optimizer, guard = build_training(recipe, config, data, schedule)
     runtime.seed_per_rank(config.seed, world.rank, model)
     faults_lib.install_in_model(model, world.rank, faults)
-    plan = checkpoints.Plan(examples_per_epoch=data.train.examples.count,
+    plan = checkpoints.Plan(examples_per_epoch=data.train.num_examples,
                             global_batch_size=data.train.global_batch_size,
-                            steps_per_epoch=steps_per_epoch)
+                            steps_per_epoch=steps_per_epoch,
+                            stream_workers=(data.train.shard.count if data.train.depends_on_workers
+                                            else 0))
     checkpointer = checkpoints.Checkpointer(
         paths.checkpoints, model, optimizer, keep=config.checkpoints_to_keep, plan=plan,
         after_write=faults_lib.after_checkpoint_write(faults),
