@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import gzip
 import os
+import re
 import typing
 
 import numpy as np
@@ -215,12 +216,15 @@ def _folder_examples(config):
     train_files, validation_files, class_names, problems = _folder_split(config)
 
     def load(path, label):
-        return decode_image(tf.io.read_file(path), config.image_size, config.channels), label
+        image, usable = decode_file(path, config.image_size, config.channels,
+                                    config.bad_images)
+        return image, tf.where(usable, label, -1)
 
     def examples(files):
         listing = (np.array([item.path for item in files]),
                    np.array([item.label for item in files], np.int32))
-        return data_lib.Examples(listing, count=len(files), load=load)
+        return data_lib.Examples(listing, count=len(files), load=load,
+                                 usable=lambda images, labels: labels >= 0)
 
     return (examples(train_files), examples(validation_files), class_names,
             f"image folder {config.data_dir}{problems}")
@@ -310,6 +314,27 @@ def _tfrecord_streams(config, shard, prepare):
                                    count=sum(validation_counts),
                                    load=lambda record: _parse_example(record, config))
     return train, validation, f"TFRecords {config.train_files} ({train.layout})"
+
+
+def decode_file(path, image_size, channels, bad_images):
+    """(uint8 image, True) for the image file at ``path``; for a file that passed the
+    scan's header check but cannot be decoded: with ``bad_images="error"`` an error that
+    names it, with ``"skip"`` (a blank image, False), the file noted for summary.json."""
+    def decode(path_tensor):
+        name = path_tensor.numpy().decode()
+        try:
+            return decode_image(tf.io.read_file(path_tensor), image_size, channels), True
+        except tf.errors.OpError as error:
+            reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0])
+            why = f"cannot be decoded ({reason[:120]})"
+            if bad_images == "error":
+                raise ValueError(f"{data_lib.DATA_ERROR_MARK}image {name} {why}; "
+                                 "--bad_images=skip leaves such files out") from None
+            data_lib.note_unusable_file(name, why)
+            return tf.zeros([image_size, image_size, channels], tf.uint8), False
+
+    image, usable = tf.py_function(decode, [path], (tf.uint8, tf.bool))
+    return tf.ensure_shape(image, [image_size, image_size, channels]), tf.ensure_shape(usable, [])
 
 
 def decode_image(encoded, image_size, channels):

@@ -16,6 +16,7 @@ from a seed made of (run seed, epoch, the example's place in the listing): it di
 example to example, and so from rank to rank, and is the same again on a resume.
 """
 
+import contextlib
 import dataclasses
 import functools
 import typing
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from toolkit import config as config_lib
+from toolkit import errors
 
 Example = typing.Any  # one element of a tf.data pipeline: a tensor, tuple or dict of them
 ExampleFunction = typing.Callable[..., Example]
@@ -80,6 +82,23 @@ class Examples:
     count: int
     load: typing.Optional[ExampleFunction] = None
     length: typing.Optional[ExampleFunction] = None
+    # Given a loaded batch, which of its examples are usable: files found unreadable
+    # while loading under a "skip" policy are loaded as placeholders that this marks
+    # False, and they are dropped from their batch (see note_unusable_file).
+    usable: typing.Optional[ExampleFunction] = None
+
+    def loaded_bytes(self) -> typing.Optional[int]:
+        """Bytes of one loaded example when every loaded example has the same fixed
+        size (decoded images, fixed-length waveforms), else None."""
+        if self.load is None:
+            return None
+        spec = self.dataset(1).map(self.load).element_spec
+        sizes = []
+        for part in tf.nest.flatten(spec):
+            if not part.shape.is_fully_defined() or part.dtype == tf.string:
+                return None
+            sizes.append(part.shape.num_elements() * part.dtype.size)
+        return sum(sizes)
 
     def dataset(self, count: typing.Optional[int] = None) -> tf.data.Dataset:
         """The first ``count`` (default all) listing elements as a tf.data stream."""
@@ -88,6 +107,69 @@ class Examples:
             return self.listing.take(count)
         return tf.data.Dataset.from_tensor_slices(
             tf.nest.map_structure(lambda array: array[:count], self.listing))
+
+
+# Unusable files met while loading, under a "skip" policy, in this process: "<path> <why>".
+UNUSABLE_FILES: typing.List[str] = []
+# Marks the message of an error raised inside a pipeline for an unusable file under the
+# "error" policy, so that the trainer can report it as the user's DataError.
+DATA_ERROR_MARK = "[toolkit data error] "
+
+
+def note_unusable_file(path: str, why: str) -> None:
+    """Record an unusable file met while loading (reported in summary.json)."""
+    UNUSABLE_FILES.append(f"{path} {why}")
+
+
+def data_error_message(error: Exception) -> typing.Optional[str]:
+    """The message of a DATA_ERROR_MARK error raised inside a pipeline, else None."""
+    text = str(error)
+    if DATA_ERROR_MARK not in text:
+        return None
+    return text.split(DATA_ERROR_MARK, 1)[1].splitlines()[0]
+
+
+@contextlib.contextmanager
+def unusable_files_as_data_errors():
+    """Turn the error a pipeline raises for an unusable file (DATA_ERROR_MARK) into the
+    user's DataError, which names the file."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        message = data_error_message(error)
+        if message is None:
+            raise
+        raise errors.DataError(message) from None
+
+
+def _drop_unusable(dataset: tf.data.Dataset, usable: typing.Optional[ExampleFunction]
+                   ) -> tf.data.Dataset:
+    """Batches without the examples ``usable`` marks False (a batch may get smaller)."""
+    if usable is None:
+        return dataset
+
+    def kept(*batch):
+        batch = batch[0] if len(batch) == 1 else batch
+        mask = apply(usable, batch)
+        return tf.nest.map_structure(lambda part: tf.boolean_mask(part, mask), batch)
+
+    return dataset.map(kept)
+
+
+def cache_mode(choice: str, budget_mb: int, examples: int,
+               example_bytes: typing.Optional[int], what: str) -> typing.Tuple[str, str]:
+    """("memory" | "none", why) for keeping ``examples`` decoded examples of
+    ``example_bytes`` each (None: not of a fixed size, or nothing to decode)."""
+    if example_bytes is None:
+        return "none", ""
+    size_mb = examples * example_bytes / 2 ** 20
+    if choice == "auto":
+        if size_mb <= budget_mb:
+            return "memory", (f"{what} decoded once and kept in memory ({size_mb:,.0f} MB "
+                              f"<= cache_budget_mb={budget_mb})")
+        return "none", (f"{what} streamed from the files ({size_mb:,.0f} MB decoded would "
+                        f"exceed cache_budget_mb={budget_mb})")
+    return choice, f"{what}: cache={choice} ({size_mb:,.0f} MB decoded)"
 
 
 def apply(function: ExampleFunction, element: Example, **keywords) -> Example:
@@ -122,6 +204,10 @@ class TrainingStream:
     batch: typing.Optional[BatchFunction] = None
     # Gradient accumulation: an epoch is a whole number of updates of this many batches.
     steps_per_update: int = 1
+    # "memory": each loaded example is kept (by listing index) the first time any epoch
+    # loads it, and never loaded again; "none": loaded every time (see cache_mode).
+    cache: str = "none"
+    cache_note: str = ""  # the choice and why, for the run's description
 
     @property
     def global_batch_size(self) -> int:
@@ -213,10 +299,11 @@ class TrainingStream:
         ``end_epoch - 1``: loaded, prepared, batched and prefetched."""
         count = self.examples.count
         dataset = self._mine(self.global_batches(epoch, step, end_epoch)).unbatch()
+        load = self._kept_load if self.cache == "memory" else (
+            lambda index, element: apply(self.examples.load, element))
 
         def load_and_prepare(epoch_number, index, element):
-            example = (element if self.examples.load is None
-                       else apply(self.examples.load, element))
+            example = element if self.examples.load is None else load(index, element)
             if self.prepare is None:
                 return example
             seed = tf.stack([tf.cast(self.seed, tf.int64), epoch_number * count + index])
@@ -227,7 +314,35 @@ class TrainingStream:
             dataset = self.batch(dataset, True)
         else:
             dataset = dataset.batch(self.batch_size, drop_remainder=True)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return _drop_unusable(dataset, self.examples.usable).prefetch(tf.data.AUTOTUNE)
+
+    @functools.cached_property
+    def _kept(self) -> typing.Tuple[Example, tf.Variable]:
+        """Variables holding every loaded example by listing index, and which are filled."""
+        spec = self.examples.dataset(1).map(self.examples.load).element_spec
+        with tf.init_scope():
+            store = tf.nest.map_structure(lambda part: tf.Variable(
+                tf.zeros([self.examples.count, *part.shape], part.dtype), trainable=False),
+                spec)
+            return store, tf.Variable(tf.zeros([self.examples.count], tf.bool),
+                                      trainable=False)
+
+    def _kept_load(self, index: tf.Tensor, element: Example) -> Example:
+        """Load the example at ``index`` the first time, from memory afterwards (workers
+        load different examples at different times; filling a place twice is harmless)."""
+        store, filled = self._kept
+
+        def load_and_keep():
+            example = apply(self.examples.load, element)
+            writes = [variable.scatter_nd_update([[index]], [part]) for variable, part in
+                      zip(tf.nest.flatten(store), tf.nest.flatten(example))]
+            with tf.control_dependencies(writes):
+                with tf.control_dependencies([filled.scatter_nd_update([[index]], [True])]):
+                    return tf.nest.map_structure(tf.identity, example)
+
+        return tf.cond(filled[index],
+                       lambda: tf.nest.map_structure(lambda variable: variable[index], store),
+                       load_and_keep)
 
 
 def training_stream(examples: Examples, *, shard: Shard, config: config_lib.TrainConfig,
@@ -235,9 +350,11 @@ def training_stream(examples: Examples, *, shard: Shard, config: config_lib.Trai
                     batch: typing.Optional[BatchFunction] = None) -> TrainingStream:
     """The training stream of the first ``maximum`` examples (0 = all) for this worker."""
     examples = dataclasses.replace(examples, count=limit(examples.count, maximum))
+    cache, note = cache_mode(config.cache, config.cache_budget_mb, examples.count,
+                             examples.loaded_bytes(), "training examples")
     return TrainingStream(examples, shard, config.batch_size_per_worker, config.seed,
                           config.max_steps_per_epoch, prepare, batch,
-                          config.backward_passes_per_step)
+                          config.backward_passes_per_step, cache, note)
 
 
 def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.TrainConfig,
@@ -248,7 +365,8 @@ def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.
     hold: the first ``maximum`` (0 = all) sharded over the workers on the listing, before
     anything expensive happens, then loaded, prepared (``prepare(*example)``, no
     randomness), batched with ``batch_size_per_worker`` (or by ``batch(dataset, False)``)
-    and kept in memory, since they are the same every epoch."""
+    and kept in memory, since they are the same every epoch, if they fit (``cache``,
+    ``cache_budget_mb``)."""
     count = limit(examples.count, maximum)
     dataset = shard.take(examples.dataset(count), count)
     if examples.load is not None:
@@ -259,7 +377,13 @@ def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.
         dataset = batch(dataset, False)
     else:
         dataset = dataset.batch(config.batch_size_per_worker)
-    return dataset.cache().prefetch(tf.data.AUTOTUNE), shard.size(count)
+    dataset = _drop_unusable(dataset, examples.usable)
+    bytes_each = examples.loaded_bytes() if examples.load is not None else 0
+    cache, _ = cache_mode(config.cache, config.cache_budget_mb, shard.size(count),
+                          bytes_each, "validation examples")
+    if cache == "memory" or bytes_each == 0:  # 0: already in memory, batched once
+        dataset = dataset.cache()
+    return dataset.prefetch(tf.data.AUTOTUNE), shard.size(count)
 
 
 @dataclasses.dataclass

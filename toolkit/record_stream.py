@@ -64,6 +64,7 @@ class RecordStream:
     steps_per_update: int = 1
 
     depends_on_workers = True
+    cache_note = ""  # records are always streamed
 
     @property
     def by_file(self) -> bool:

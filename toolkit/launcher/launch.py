@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import toolkit  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 from toolkit import config as config_lib
@@ -36,6 +37,7 @@ from toolkit.launcher import hostfile as hostfile_lib
 from toolkit.launcher import ssh
 
 PROJECT_ROOT = toolkit.PROJECT_ROOT
+LAUNCHED_AT = time.time()  # the workers' clock for time to the first step
 WORKER_MODULE = "toolkit.worker.train"
 
 
@@ -153,6 +155,8 @@ def ssh_settings(options):
 
 def worker_environment(ssh_wrapper_dir=None, verbose=False):
     environment = dict(os.environ)
+    # Workers measure their time to the first training step from here (summary.json).
+    environment["TOOLKIT_LAUNCHED_AT"] = str(LAUNCHED_AT)
     if ssh_wrapper_dir:
         environment["PATH"] = ssh_wrapper_dir + os.pathsep + environment.get("PATH", "")
     environment["TF_USE_LEGACY_KERAS"] = "1"

@@ -4,12 +4,34 @@ None of these performs a collective, so the chief-only ones may safely run on ra
 alone; a chief-only callback that allreduced would deadlock the other ranks.
 """
 
+import os
 import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+
+# Set by the launcher for its workers: when `make train` started (seconds since the epoch).
+LAUNCHED_AT_VARIABLE = "TOOLKIT_LAUNCHED_AT"
+
+
+class FirstStep(keras.callbacks.Callback):
+    """``seconds``: from the launch (or, run without the launcher, this process's start)
+    to the end of the first training step this process ran; None before it."""
+
+    def __init__(self):
+        super().__init__()
+        import psutil
+
+        launched = os.environ.get(LAUNCHED_AT_VARIABLE)
+        self.started = float(launched) if launched else psutil.Process().create_time()
+        self.seconds = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.seconds is None:
+            self.seconds = round(time.time() - self.started, 2)
 
 
 class Throughput(keras.callbacks.Callback):

@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import socket
 import sys
 import time
@@ -111,6 +112,7 @@ class Session:
     watchdog: guards.StallWatchdog  # one per process: its thread outlives elastic resets
     random_generators: typing.List[tf.random.Generator]  # dropout's, when deterministic
     faults: faults_lib.Faults  # test hooks, all off in real runs
+    first_step: callbacks_lib.FirstStep  # when the first training step ended
 
 
 @dataclasses.dataclass
@@ -275,7 +277,8 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                    model=model, optimizer=optimizer, schedule=schedule, guard=guard,
                    checkpointer=checkpointer,
                    watchdog=watchdog,
-                   random_generators=checkpoints.random_generators(model), faults=faults)
+                   random_generators=checkpoints.random_generators(model), faults=faults,
+                   first_step=callbacks_lib.FirstStep())
 
 
 # ------------------------------------------------------------------ 3. restore or start
@@ -361,7 +364,7 @@ def make_callbacks(session: Session, world: distributed.World,
     nonfinite = guards.NonFiniteCallback(session.guard, config.on_nonfinite)
     fresh_start = position.global_step == 0 and not distributed.elastic_enabled()
     callbacks = distributed.first_callbacks(fresh_start=fresh_start) + list(extra_collectives) + [
-        session.watchdog, nonfinite, throughput,
+        session.watchdog, nonfinite, throughput, session.first_step,
         callbacks_lib.Checkpointing(session.checkpointer if world.is_chief else None,
                                     config.checkpoint_every_steps, session.steps_per_epoch,
                                     distributed.average_non_trainable,
@@ -537,6 +540,15 @@ def worker_identity(world: distributed.World) -> typing.Dict[str, typing.Any]:
             "addresses": addresses, "pid": os.getpid()}
 
 
+def worker_resources(session: Session) -> typing.Dict[str, typing.Any]:
+    """This worker's peak resident memory, time to its first step and the unusable files
+    it met while loading."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_rss_mb": round(peak_kb / 1024, 1),
+            "seconds_to_first_step": session.first_step.seconds,
+            "unusable_files": list(data_lib.UNUSABLE_FILES)}
+
+
 def weights_sha256(model: keras.Model) -> str:
     """SHA-256 of all model weights, in order, as raw bytes."""
     digest = hashlib.sha256()
@@ -576,7 +588,8 @@ def write_run_config(session: Session, world: distributed.World,
                    else "")
     if position.conversion:
         resume_note += f"; {position.conversion}"
-    print(f"[toolkit] {session.recipe.name}: {data.description}; {world.size} workers x "
+    cache_note = f"; {data.train.cache_note}" if data.train.cache_note else ""
+    print(f"[toolkit] {session.recipe.name}: {data.description}{cache_note}; {world.size} workers x "
           f"{config.batch_size_per_worker} = global batch "
           f"{config.batch_size_per_worker * world.size}; {session.steps_per_epoch} "
           f"steps/epoch; run folder {paths.run_dir}{resume_note}", flush=True)
@@ -615,6 +628,8 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
     trained = bool(fit_segments(position, config.epochs, session.steps_per_epoch))
     metrics = final_metrics(session.model, result.logs, result.data.validation, trained)
     hashes = distributed.allgather_object(weights_sha256(session.model))
+    resources = distributed.allgather_object(worker_resources(session))
+    unusable = sorted({line for rank in resources for line in rank.pop("unusable_files")})
     summary = {
         "recipe": session.recipe.name,
         "validation": metrics,
@@ -639,6 +654,11 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
         "weights_sha256_per_rank": hashes,
         "weights_identical_on_all_ranks": len(set(hashes)) == 1,
         "wall_seconds": round(time.time() - started, 1),
+        # From the launch (or this worker's start) to the end of the first training step.
+        "seconds_to_first_step": resources[0]["seconds_to_first_step"],
+        "peak_rss_mb_per_rank": [rank["peak_rss_mb"] for rank in resources],
+        "unusable_files_skipped": len(unusable),
+        "unusable_files_skipped_examples": unusable[:20],
     }
     # Nobody exits before the chief has written everything: horovodrun stops all workers
     # as soon as one exits non-zero, which would cut the chief's export short. Waiting in
@@ -680,12 +700,13 @@ def train(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig, run_dir: st
     paths = run_folder.RunPaths.of(run_dir)
     world, chosen_runtime = set_up_world(config, paths, verbose)
     session = build_session(recipe, config, world, paths, chosen_runtime, faults)
-    if distributed.elastic_enabled():
-        result = ElasticFit(session).run()
-    else:
-        result = fit_static(session, world)
-    stop_if_nonfinite(session, result)
-    return summarise(session, result, started)
+    with data_lib.unusable_files_as_data_errors():
+        if distributed.elastic_enabled():
+            result = ElasticFit(session).run()
+        else:
+            result = fit_static(session, world)
+        stop_if_nonfinite(session, result)
+        return summarise(session, result, started)
 
 
 def main(argv: typing.Optional[typing.List[str]] = None) -> int:
