@@ -38,7 +38,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages horovod horovod-wheel gpu-build-check train test test-fast \
-  tensorboard config doctor slurm mpijob bench clean
+  tensorboard config doctor slurm mpijob bench bench-data prepare-data clean
 
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
@@ -145,11 +145,18 @@ train: setup ## train RECIPE on NP workers (validated first; rerun with RUN_DIR 
 	  $(if $(filter 1,$(TIMELINE)),--timeline=true) $(if $(filter 1,$(AUTOTUNE)),--autotune=true) \
 	  $(ARGS)
 
+prepare-data: setup ## scan RECIPE's data (ARGS) once into a manifest, before big runs
+	$(VENV_PYTHON) -m toolkit.launcher.prepare_data --recipe=$(RECIPE) $(ARGS)
+
 # NP is a list here: make bench RECIPE=image NP="1 2"
 bench: setup ## throughput, scaling and peers for NP="1 2 ...": bench/<recipe>/<time>/
 	$(VENV_PYTHON) -m toolkit.launcher.bench --recipe=$(RECIPE) --np="$(or $(NP),1 2)" \
 	  --repeats=$(REPEATS) --steps=$(STEPS) --warmup=$(WARMUP) \
 	  $(if $(HOSTFILE),--hostfile=$(HOSTFILE)) $(ARGS)
+
+# Generates its data sets once in .cache/bench-data (about 1 GB, a few minutes).
+bench-data: setup ## data path at real sizes: start-up, resume cost, memory: bench/data/<time>/
+	$(VENV_PYTHON) -m toolkit.launcher.bench_data --repeats=$(REPEATS) $(ARGS)
 
 test: setup ## the whole test suite (what CI runs)
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(TEST_SYSTEM_PACKAGES)"

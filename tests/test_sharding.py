@@ -137,3 +137,14 @@ def test_grouping_by_length_keeps_global_batches_and_cuts_padding():
     assert global_batches(one) == global_batches(two) and len(global_batches(one)) == 25
     assert len(set(sum(global_batches(one), []))) == 600  # every example once
     assert padding(two) < padding(worker_batches(2, grouped=False)) / 3
+
+
+def test_grouped_by_length_a_stream_started_at_any_step_goes_on_as_the_full_one():
+    lengths = np.random.default_rng(1).integers(5, 100, size=300)
+    config = config_lib.TrainConfig(batch_size_per_worker=6, seed=7)
+    examples = data.Examples(np.arange(300), count=300,
+                             length=lambda index: tf.gather(lengths, index))
+    worker = data.training_stream(examples, shard=data.Shard(1, 2), config=config)
+    full = [batch.numpy().tolist() for batch in worker.example_ids(0, 0, 2)]
+    assert [batch.numpy().tolist() for batch in worker.example_ids(0, 9, 2)] == full[9:]
+    assert [batch.numpy().tolist() for batch in worker.example_ids(1, 3, 2)] == full[25 + 3:]

@@ -5,7 +5,9 @@ Who runs what (the tree says it too):
 Shared by the launching machine and every worker
     ``config``        one typed config per run: defaults, ``--key=value`` overrides, checks
     ``recipe``        the recipe contract (typed) and the registry of ``recipes/``
-    ``data``          shards, the input pipeline helper, what a data builder returns
+    ``data``          shards, the training stream of indexed examples, the cache policy
+    ``record_stream`` the training stream of TFRecords: each worker reads its own files
+    ``manifests``     a data source scanned once, reused while it is unchanged
     ``run_folder``    the run folder's paths, and whether a folder may be resumed
     ``errors``        the user's mistakes (one base class) as opposed to bugs
     ``versions``      library versions recorded with a run
@@ -19,6 +21,8 @@ Shared by the launching machine and every worker
     ``job_files``           Slurm scripts and Kubeflow MPIJobs
     ``tensorboard_server``  ``make tensorboard``, here or on rank 0's host
     ``bench``               ``make bench``: runs the measurements, writes the report
+    ``bench_data``          ``make bench-data``: the data path at real sizes
+    ``prepare_data``        ``make prepare-data``: scan a data source into its manifest
 
 ``worker/``: inside every worker process
     ``train``             the entry point: set up, restore or start, fit, summarise

@@ -29,6 +29,8 @@ import typing
 FORMAT = 1  # bump when the content of manifests changes
 
 Json = typing.Any
+# The manifests this process wrote, for make prepare-data's report.
+WRITTEN: typing.List[str] = []
 
 
 def path(cache_dir: str, kind: str, source: Json) -> str:
@@ -60,6 +62,7 @@ def load_or_scan(cache_dir: str, kind: str, source: Json,
                    "scanned_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "content": content},
                   stream)
     os.replace(temporary, manifest)
+    WRITTEN.append(manifest)
     return content, True
 
 

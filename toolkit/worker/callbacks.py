@@ -15,14 +15,17 @@ import tf_keras as keras
 
 # Set by the launcher for its workers: when `make train` started (seconds since the epoch).
 LAUNCHED_AT_VARIABLE = "TOOLKIT_LAUNCHED_AT"
+FIRST_STEP_LINE = "[toolkit] first training step done"
 
 
 class FirstStep(keras.callbacks.Callback):
     """``seconds``: from the launch (or, run without the launcher, this process's start)
-    to the end of the first training step this process ran; None before it."""
+    to the end of the first training step this process ran; None before it. The chief
+    prints it (FIRST_STEP_LINE), for users and for make bench-data."""
 
-    def __init__(self):
+    def __init__(self, announce: bool):
         super().__init__()
+        self.announce = announce
         import psutil
 
         launched = os.environ.get(LAUNCHED_AT_VARIABLE)
@@ -32,6 +35,8 @@ class FirstStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.seconds is None:
             self.seconds = round(time.time() - self.started, 2)
+            if self.announce:
+                print(f"{FIRST_STEP_LINE} {self.seconds:.1f} s after the launch", flush=True)
 
 
 class Throughput(keras.callbacks.Callback):

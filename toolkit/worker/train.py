@@ -278,7 +278,7 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                    checkpointer=checkpointer,
                    watchdog=watchdog,
                    random_generators=checkpoints.random_generators(model), faults=faults,
-                   first_step=callbacks_lib.FirstStep())
+                   first_step=callbacks_lib.FirstStep(announce=world.is_chief))
 
 
 # ------------------------------------------------------------------ 3. restore or start
