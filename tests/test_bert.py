@@ -201,3 +201,33 @@ def test_a_hub_id_that_cannot_be_downloaded_is_a_clear_error(monkeypatch):
     importlib.reload(huggingface_hub.constants)
     with pytest.raises(errors.DataError, match="could not download model 'no-such/model'"):
         bert.resolve_model_dir("no-such/model")
+
+
+@pytest.mark.fast
+def test_text_is_read_and_tokenised_in_chunks_into_a_cache_read_by_index(tmp_path, monkeypatch):
+    """Files larger than memory: rows are parsed and tokenised a chunk at a time (7 here),
+    written to a memory-mapped cache, and read back by index exactly as tokenising the
+    whole file at once would; an error in a later chunk still names its line."""
+    rows = [(f"text number {index} " + "word " * (index % 9), ["cat", "dog", "eel"][index % 3])
+            for index in range(40)]
+    path = tmp_path / "train.csv"
+    text_files.write_csv(str(path), [text for text, _ in rows], [label for _, label in rows])
+    monkeypatch.setattr(text_files, "CHUNK_ROWS", 7)
+    config = bert.BertConfig(cache_dir=str(tmp_path / "cache"), max_length=16)
+    tokenizer = bert.load_tokenizer(bert.resolve_model_dir(config.model))
+    chunks = list(text_files.read_chunks(str(path)))
+    assert [len(chunk.texts) for chunk in chunks] == [7] * 5 + [5]
+    tokens = bert.tokenize(str(path), ["cat", "dog", "eel"], tokenizer, config)
+    assert isinstance(tokens["ids"], np.memmap)
+    examples = bert.token_examples(tokens)
+    whole = tokenizer([text for text, _ in rows], truncation=True, max_length=16)
+    for index in (0, 13, 39):
+        features, label = examples.load(np.int64(index))
+        assert features["input_ids"].numpy().tolist() == whole["input_ids"][index]
+        assert int(label) == index % 3
+    assert examples.count == 40
+    with open(path, "a") as stream:
+        stream.write("a late row,horse\n")
+    with pytest.raises(errors.DataError, match=r"train.csv:42: label 'horse' is not in the "
+                                               r"label map"):
+        bert.tokenize(str(path), ["cat", "dog", "eel"], tokenizer, config)
