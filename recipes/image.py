@@ -216,15 +216,14 @@ def _folder_examples(config):
     train_files, validation_files, class_names, problems = _folder_split(config)
 
     def load(path, label):
-        image, usable = decode_file(path, config.image_size, config.channels,
-                                    config.bad_images)
+        image, usable = decode_checked(tf.io.read_file(path), path, config.image_size,
+                                       config.channels, config.bad_images)
         return image, tf.where(usable, label, -1)
 
     def examples(files):
         listing = (np.array([item.path for item in files]),
                    np.array([item.label for item in files], np.int32))
-        return data_lib.Examples(listing, count=len(files), load=load,
-                                 usable=lambda images, labels: labels >= 0)
+        return data_lib.Examples(listing, count=len(files), load=load, usable=_usable)
 
     return (examples(train_files), examples(validation_files), class_names,
             f"image folder {config.data_dir}{problems}")
@@ -295,10 +294,17 @@ def _count_records(files):
     return {"counts": counts, "lowest_labels": lowest, "highest_labels": highest}
 
 
-def _parse_example(record, config):
+def _parse_example(record, config, name):
+    """(image, label) of a serialized record; ``name`` says which record it is, for the
+    bad-image policy (label -1 marks an undecodable image under --bad_images=skip)."""
     features = tf.io.parse_single_example(record, TFRECORD_FEATURES)
-    return (decode_image(features["image/encoded"], config.image_size, config.channels),
-            tf.cast(features["image/class/label"], tf.int32))
+    image, usable = decode_checked(features["image/encoded"], name, config.image_size,
+                                   config.channels, config.bad_images)
+    return image, tf.where(usable, tf.cast(features["image/class/label"], tf.int32), -1)
+
+
+def _usable(images, labels):
+    return labels >= 0
 
 
 def _tfrecord_streams(config, shard, prepare):
@@ -306,24 +312,28 @@ def _tfrecord_streams(config, shard, prepare):
     the validation examples (sharded by record) of a TFRecord set."""
     files, counts = _scan_tfrecords(config.train_files, config)
     train = record_stream.RecordStream(
-        files, counts, lambda record: _parse_example(record, config), shard,
+        files, counts, lambda record, name: _parse_example(record, config, name), shard,
         config.batch_size_per_worker, config.seed, config.shuffle_buffer,
-        config.max_steps_per_epoch, prepare, steps_per_update=config.backward_passes_per_step)
+        config.max_steps_per_epoch, prepare, steps_per_update=config.backward_passes_per_step,
+        usable=_usable)
     validation_files, validation_counts = _scan_tfrecords(config.validation_files, config)
     validation = data_lib.Examples(tf.data.TFRecordDataset(validation_files),
                                    count=sum(validation_counts),
-                                   load=lambda record: _parse_example(record, config))
+                                   load=lambda record: _parse_example(
+                                       record, config, f"a record of {config.validation_files}"),
+                                   usable=_usable)
     return train, validation, f"TFRecords {config.train_files} ({train.layout})"
 
 
-def decode_file(path, image_size, channels, bad_images):
-    """(uint8 image, True) for the image file at ``path``; for a file that passed the
-    scan's header check but cannot be decoded: with ``bad_images="error"`` an error that
-    names it, with ``"skip"`` (a blank image, False), the file noted for summary.json."""
-    def decode(path_tensor):
-        name = path_tensor.numpy().decode()
+def decode_checked(encoded, name, image_size, channels, bad_images):
+    """(uint8 image, True) for encoded image bytes; for bytes that cannot be decoded (a
+    file that passed the scan's header check, a damaged record): with
+    ``bad_images="error"`` an error that names them (``name``: the file, or the record),
+    with ``"skip"`` (a blank image, False), and ``name`` noted for summary.json."""
+    def decode(encoded_tensor, name_tensor):
+        name = name_tensor.numpy().decode()
         try:
-            return decode_image(tf.io.read_file(path_tensor), image_size, channels), True
+            return decode_image(encoded_tensor, image_size, channels), True
         except tf.errors.OpError as error:
             reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0])
             why = f"cannot be decoded ({reason[:120]})"
@@ -333,7 +343,7 @@ def decode_file(path, image_size, channels, bad_images):
             data_lib.note_unusable_file(name, why)
             return tf.zeros([image_size, image_size, channels], tf.uint8), False
 
-    image, usable = tf.py_function(decode, [path], (tf.uint8, tf.bool))
+    image, usable = tf.py_function(decode, [encoded, name], (tf.uint8, tf.bool))
     return tf.ensure_shape(image, [image_size, image_size, channels]), tf.ensure_shape(usable, [])
 
 

@@ -175,3 +175,29 @@ def test_a_run_started_at_any_step_gets_the_batches_of_the_uninterrupted_run(tmp
             assert len(resumed) == len(full) - epoch * steps - step
             for got, expected in zip(resumed, full[epoch * steps + step:]):
                 np.testing.assert_array_equal(got, expected)
+
+
+def test_a_damaged_record_is_refused_naming_it_or_skipped(tmp_path):
+    good = tf.io.encode_png(np.full((10, 10, 1), 90, np.uint8)).numpy()
+    path = str(tmp_path / "part-0.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for index in range(6):
+            encoded = good[:50] if index == 2 else good
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[index % 2]))})).SerializeToString())
+    options = {"train_files": path, "validation_files": path, "num_classes": "2",
+               "batch_size_per_worker": "6", "augment": "false"}
+    data = build(tmp_path, options)
+    with pytest.raises(errors.DataError, match=r"image .*part-0.tfrecord record 2 cannot be "
+                                               r"decoded"):
+        with data_lib.unusable_files_as_data_errors():
+            list(data.train.batches(0, 0, 1))
+    data_lib.UNUSABLE_FILES.clear()
+    data = build(tmp_path, dict(options, bad_images="skip"))
+    (images, labels), = list(data.train.batches(0, 0, 1))
+    assert len(labels) == 5
+    assert len(data_lib.UNUSABLE_FILES) == 1
+    assert data_lib.UNUSABLE_FILES[0].startswith(f"{path} record 2 cannot be decoded")
+    assert sum(len(labels) for _, labels in data.validation) == 5

@@ -28,7 +28,7 @@ def write_records(directory, counts):
 
 def stream(files, counts, rank, workers, batch=4, buffer=16):
     return record_stream.RecordStream(
-        files, counts, lambda record: tf.strings.to_number(record, tf.int64),
+        files, counts, lambda record, name: tf.strings.to_number(record, tf.int64),
         data.Shard(rank, workers), batch, seed=3, shuffle_buffer=buffer)
 
 

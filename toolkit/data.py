@@ -142,7 +142,7 @@ def unusable_files_as_data_errors():
         raise errors.DataError(message) from None
 
 
-def _drop_unusable(dataset: tf.data.Dataset, usable: typing.Optional[ExampleFunction]
+def drop_unusable(dataset: tf.data.Dataset, usable: typing.Optional[ExampleFunction]
                    ) -> tf.data.Dataset:
     """Batches without the examples ``usable`` marks False (a batch may get smaller)."""
     if usable is None:
@@ -314,7 +314,7 @@ class TrainingStream:
             dataset = self.batch(dataset, True)
         else:
             dataset = dataset.batch(self.batch_size, drop_remainder=True)
-        return _drop_unusable(dataset, self.examples.usable).prefetch(tf.data.AUTOTUNE)
+        return drop_unusable(dataset, self.examples.usable).prefetch(tf.data.AUTOTUNE)
 
     @functools.cached_property
     def _kept(self) -> typing.Tuple[Example, tf.Variable]:
@@ -377,7 +377,7 @@ def evaluation_pipeline(examples: Examples, *, shard: Shard, config: config_lib.
         dataset = batch(dataset, False)
     else:
         dataset = dataset.batch(config.batch_size_per_worker)
-    dataset = _drop_unusable(dataset, examples.usable)
+    dataset = drop_unusable(dataset, examples.usable)
     bytes_each = examples.loaded_bytes() if examples.load is not None else 0
     cache, _ = cache_mode(config.cache, config.cache_budget_mb, shard.size(count),
                           bytes_each, "validation examples")

@@ -47,8 +47,9 @@ READ_AHEAD = 64
 class RecordStream:
     """This worker's part of the training stream of a TFRecord set (module docstring).
 
-    ``parse(record)`` makes a loaded example of a serialized record; ``prepare`` and
-    ``batch`` are as for :class:`toolkit.data.TrainingStream`.
+    ``parse(record, name)`` makes a loaded example of a serialized record (``name``,
+    "<file> record <n>", is for its error messages); ``prepare``, ``batch`` and
+    ``usable`` are as for :class:`toolkit.data.TrainingStream` and ``Examples``.
     """
 
     files: typing.Sequence[str]  # sorted, as the manifest lists them
@@ -62,6 +63,7 @@ class RecordStream:
     prepare: typing.Optional[data_lib.ExampleFunction] = None
     batch: typing.Optional[data_lib.BatchFunction] = None
     steps_per_update: int = 1
+    usable: typing.Optional[data_lib.ExampleFunction] = None
 
     depends_on_workers = True
     cache_note = ""  # records are always streamed
@@ -207,7 +209,7 @@ class RecordStream:
         count = self.num_examples
 
         def parse_and_prepare(epoch_number, record_id, record):
-            example = self.parse(record)
+            example = self.parse(record, self._record_name(record_id))
             if self.prepare is None:
                 return example
             seed = tf.stack([tf.cast(self.seed, tf.int64), epoch_number * count + record_id])
@@ -219,4 +221,12 @@ class RecordStream:
             dataset = self.batch(dataset, True)
         else:
             dataset = dataset.batch(self.batch_size, drop_remainder=True)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return data_lib.drop_unusable(dataset, self.usable).prefetch(tf.data.AUTOTUNE)
+
+    def _record_name(self, record_id: tf.Tensor) -> tf.Tensor:
+        """"<file> record <n>" (n counted from 0 in its file) for a record id."""
+        starts = tf.constant(np.concatenate([[0], np.cumsum(self.counts)[:-1]]), tf.int64)
+        file_index = tf.searchsorted(starts, [record_id], side="right")[0] - 1
+        return tf.strings.join([tf.gather(tf.constant(list(self.files)), file_index),
+                                " record ",
+                                tf.strings.as_string(record_id - tf.gather(starts, file_index))])
