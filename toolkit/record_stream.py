@@ -168,7 +168,7 @@ class RecordStream:
             return self._group(epoch_tensor, group, groups[group], group_counts[group], start)
 
         records = tf.data.Dataset.range(first_group, tf.shape(groups, out_type=tf.int64)[0]
-                                        ).flat_map(from_group)
+                                        ).flat_map(data_lib.plain(from_group))
 
         def shuffled(index, window_records):
             size = tf.shape(window_records[0])[0]
@@ -177,7 +177,7 @@ class RecordStream:
             return tf.nest.map_structure(lambda part: tf.gather(part, permutation),
                                          window_records)
 
-        return records.batch(window).enumerate().map(shuffled).unbatch().skip(
+        return records.batch(window).enumerate().map(data_lib.plain(shuffled)).unbatch().skip(
             position - window_index * window)
 
     def _epoch(self, epoch: tf.Tensor, step: typing.Union[int, tf.Tensor] = 0
@@ -191,16 +191,17 @@ class RecordStream:
             position = step * self.batch_size * self.shard.count + self.shard.index
             stream = self._stream(epoch, position).shard(self.shard.count, 0)
         return stream.take(per_worker - step * self.batch_size).map(
-            lambda record_id, record: (epoch, record_id, record))
+            data_lib.plain(lambda record_id, record: (epoch, record_id, record)))
 
     def _records(self, epoch: int, step: int, end_epoch: int) -> tf.data.Dataset:
         return self._epoch(epoch, step).concatenate(
-            tf.data.Dataset.range(epoch + 1, max(end_epoch, epoch + 1)).flat_map(self._epoch))
+            tf.data.Dataset.range(epoch + 1, max(end_epoch, epoch + 1)).flat_map(
+                data_lib.plain(self._epoch)))
 
     def example_ids(self, epoch: int, step: int, end_epoch: int) -> tf.data.Dataset:
         """The record ids (place in the whole set) of each of this worker's batches."""
         return self._records(epoch, step, end_epoch).map(
-            lambda epochs, record_id, record: record_id).batch(self.batch_size,
+            data_lib.plain(lambda epochs, record_id, record: record_id)).batch(self.batch_size,
                                                                drop_remainder=True)
 
     def batches(self, epoch: int, step: int, end_epoch: int) -> tf.data.Dataset:
@@ -216,7 +217,7 @@ class RecordStream:
             return data_lib.apply(self.prepare, example, seed=seed)
 
         dataset = self._records(epoch, step, end_epoch).map(
-            parse_and_prepare, num_parallel_calls=tf.data.AUTOTUNE)
+            data_lib.plain(parse_and_prepare), num_parallel_calls=tf.data.AUTOTUNE)
         if self.batch is not None:
             dataset = self.batch(dataset, True)
         else:
