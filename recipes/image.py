@@ -110,7 +110,8 @@ def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
     validation_batches, validation_count = data_lib.evaluation_pipeline(
         validation, shard=shard, config=config, maximum=config.max_validation_examples,
         prepare=prepare_for_validation)
-    return data_lib.Data(train=train_stream, validation=validation_batches, validation_examples=validation_count,
+    return data_lib.Data(train=train_stream, validation=validation_batches,
+                         validation_examples=validation_count,
                          class_names=class_names, description=description)
 
 

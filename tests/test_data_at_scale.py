@@ -201,3 +201,43 @@ def test_a_damaged_record_is_refused_naming_it_or_skipped(tmp_path):
     assert len(data_lib.UNUSABLE_FILES) == 1
     assert data_lib.UNUSABLE_FILES[0].startswith(f"{path} record 2 cannot be decoded")
     assert sum(len(labels) for _, labels in data.validation) == 5
+
+
+def test_examples_kept_on_disk_are_loaded_once_across_runs_and_give_the_same_batches(tmp_path):
+    loads = tf.Variable(0, dtype=tf.int64)
+
+    def load(index):
+        loads.assign_add(1)
+        return tf.fill([3], tf.cast(index, tf.float32)), tf.cast(index % 4, tf.int32)
+
+    def stream(cache):
+        config = config_lib.TrainConfig(batch_size_per_worker=4, seed=5, cache=cache,
+                                         cache_dir=str(tmp_path / "cache"))
+        return data_lib.training_stream(data_lib.Examples(np.arange(40), count=40, load=load),
+                                        shard=data_lib.Shard(), config=config)
+
+    expected = [batch[0].numpy().tolist() for batch in stream("none").batches(0, 0, 2)]
+    loads.assign(0)
+    on_disk = stream("disk")
+    assert on_disk.cache == "disk"
+    assert [batch[0].numpy().tolist() for batch in on_disk.batches(0, 0, 2)] == expected
+    assert loads.numpy() == 40  # two epochs, each example loaded once
+    # Another run (a new stream, as a new worker builds) reads them all from the files.
+    assert [batch[0].numpy().tolist() for batch in stream("disk").batches(1, 0, 2)] == (
+        expected[10:])
+    assert loads.numpy() == 40
+    assert len(os.listdir(tmp_path / "cache" / "decoded")) == 1
+
+
+def test_validation_examples_kept_on_disk_are_the_ones_decoded(tmp_path):
+    make_folder(str(tmp_path / "data"), per_class=6)
+    options = {"data_dir": str(tmp_path / "data"), "validation_fraction": "0.5",
+               "image_size": "12", "augment": "false"}
+    expected = [images.numpy() for images, _ in build(tmp_path, options).validation]
+    for _ in range(2):  # the second build reads the files the first wrote
+        kept = [images.numpy() for images, _ in build(tmp_path, dict(options, cache="disk"))
+                .validation]
+        assert len(kept) == len(expected)
+        for got, want in zip(kept, expected):
+            np.testing.assert_array_equal(got, want)
+    assert len(os.listdir(tmp_path / "cache" / "decoded")) == 1  # one set of files, reused

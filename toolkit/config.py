@@ -32,9 +32,10 @@ class TrainConfig:
     # Data at scale (README, "Large data sets").
     cache_dir: str = ".cache/toolkit"  # data manifests, prepared data, token and decode caches
     rescan_data: bool = False  # scan the data source again even if its manifest is fresh
-    # Decoded training and validation examples: kept in memory, or decoded again every
-    # time (none); auto = memory when they fit cache_budget_mb (each of the two, per worker).
-    cache: typing.Literal["auto", "memory", "none"] = "auto"
+    # Decoded training and validation examples: kept in memory, in files under cache_dir
+    # (disk), or decoded again every time (none); auto = memory when they fit
+    # cache_budget_mb (each of the two, per worker), else none.
+    cache: typing.Literal["auto", "memory", "disk", "none"] = "auto"
     cache_budget_mb: int = 1024
     # TFRecords: records shuffled together after the files' order is shuffled each epoch.
     shuffle_buffer: int = 10_000

@@ -229,8 +229,9 @@ def startup(source, arguments, workers_list, repeats, cache_dir, work):
 def resume_cost(source, arguments, workers, repeats, work):
     """Time to the first step resuming a 90-epoch plan at 1 % and at 90 % of it."""
     seed_dir = os.path.join(work, f"{source}-long-plan")
+    # Stopped at step 3: the checkpoint of step 2 is complete by then.
     started = launch(arguments + LONG_PLAN_ARGS, seed_dir, workers, bound=900,
-                     stop_at_first_step=True, first_line="step 3/")  # the checkpoint of step 2 is complete by then
+                     stop_at_first_step=True, first_line="step 3/")
     with open(os.path.join(seed_dir, "config.json")) as stream:
         steps_per_epoch = json.load(stream)["steps_per_epoch"]
     plan = 90 * steps_per_epoch

@@ -589,7 +589,8 @@ def write_run_config(session: Session, world: distributed.World,
     if position.conversion:
         resume_note += f"; {position.conversion}"
     cache_note = f"; {data.train.cache_note}" if data.train.cache_note else ""
-    print(f"[toolkit] {session.recipe.name}: {data.description}{cache_note}; {world.size} workers x "
+    print(f"[toolkit] {session.recipe.name}: {data.description}{cache_note}; "
+          f"{world.size} workers x "
           f"{config.batch_size_per_worker} = global batch "
           f"{config.batch_size_per_worker * world.size}; {session.steps_per_epoch} "
           f"steps/epoch; run folder {paths.run_dir}{resume_note}", flush=True)
