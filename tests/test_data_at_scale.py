@@ -131,19 +131,25 @@ def truncated_image(path):
     path.write_bytes(encoded[:60])
 
 
+def refused_then_skipped(tmp_path, options, message):
+    """Under --bad_images=error the training batches raise ``message``; under skip,
+    return the data and its first epoch's batches (UNUSABLE_FILES emptied first)."""
+    with pytest.raises(errors.DataError, match=message):
+        with data_lib.unusable_files_as_data_errors():
+            list(build(tmp_path, options).train.batches(0, 0, 1))
+    data_lib.UNUSABLE_FILES.clear()
+    data = build(tmp_path, dict(options, bad_images="skip"))
+    return data, list(data.train.batches(0, 0, 1))
+
+
 def test_a_file_found_unusable_while_loading_is_refused_or_skipped(tmp_path):
     make_folder(str(tmp_path / "data"), per_class=4)
     truncated_image(tmp_path / "data" / "coat" / "cut.png")
     options = {"data_dir": str(tmp_path / "data"), "validation_fraction": "0.25",
                "batch_size_per_worker": "10", "augment": "false"}
-    data = build(tmp_path, options)  # the header check passes it
-    with pytest.raises(errors.DataError, match=r"image .*coat/cut.png cannot be decoded .*"
-                                               r"--bad_images=skip"):
-        with data_lib.unusable_files_as_data_errors():
-            list(data.train.batches(0, 0, 1))
-    data_lib.UNUSABLE_FILES.clear()
-    data = build(tmp_path, dict(options, bad_images="skip"))
-    batches = list(data.train.batches(0, 0, 1))
+    # The scan's header check passes the file: loading finds it.
+    data, batches = refused_then_skipped(
+        tmp_path, options, r"image .*coat/cut.png cannot be decoded .*--bad_images=skip")
     assert len(batches) == data.train.steps_per_epoch == 1
     labels = batches[0][1]
     validation_count = sum(len(labels) for _, labels in data.validation)
@@ -189,14 +195,8 @@ def test_a_damaged_record_is_refused_naming_it_or_skipped(tmp_path):
                     value=[index % 2]))})).SerializeToString())
     options = {"train_files": path, "validation_files": path, "num_classes": "2",
                "batch_size_per_worker": "6", "augment": "false"}
-    data = build(tmp_path, options)
-    with pytest.raises(errors.DataError, match=r"image .*part-0.tfrecord record 2 cannot be "
-                                               r"decoded"):
-        with data_lib.unusable_files_as_data_errors():
-            list(data.train.batches(0, 0, 1))
-    data_lib.UNUSABLE_FILES.clear()
-    data = build(tmp_path, dict(options, bad_images="skip"))
-    (images, labels), = list(data.train.batches(0, 0, 1))
+    data, [(images, labels)] = refused_then_skipped(
+        tmp_path, options, r"image .*part-0.tfrecord record 2 cannot be decoded")
     assert len(labels) == 5
     assert len(data_lib.UNUSABLE_FILES) == 1
     assert data_lib.UNUSABLE_FILES[0].startswith(f"{path} record 2 cannot be decoded")
