@@ -73,9 +73,16 @@ def folder_times(directory: str, subfolders: typing.Iterable[str]) -> Json:
 
 
 def file_stamps(files: typing.Iterable[str]) -> Json:
-    """Fingerprint of a set of files: each one's path, size and modification time."""
-    return [[name, status.st_size, status.st_mtime_ns]
-            for name, status in ((name, os.stat(name)) for name in files)]
+    """Fingerprint of a set of files: each one's path, size and modification time (None
+    for a file that cannot be read: the scan then says why, naming it)."""
+    stamps = []
+    for name in files:
+        try:
+            status = os.stat(name)
+            stamps.append([name, status.st_size, status.st_mtime_ns])
+        except OSError:
+            stamps.append([name, None, None])
+    return stamps
 
 
 class Progress:
