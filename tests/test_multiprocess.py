@@ -35,13 +35,18 @@ def test_two_workers_end_with_identical_weights_and_scaled_lr(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_without_distributed_optimizer_weights_differ():
-    """The control: the same hash comparison detects workers that drifted apart."""
-    hashes = {}
+    """The control: the same hash comparison detects workers that drifted apart. The
+    distributed run also shows Horovod's allreduce traced without AutoGraph (the start-up
+    workaround in toolkit.worker.distributed) and the weights still equal."""
+    hashes, traced_with_autograph = {}, {}
     for mode in ("distributed", "local"):
         by_rank = results(horovodrun(2, ["tests/workers/consistency.py", mode]).stdout)
         hashes[mode] = {by_rank[0]["sha256"], by_rank[1]["sha256"]}
+        traced_with_autograph[mode] = {by_rank[0]["allreduce_autograph"],
+                                       by_rank[1]["allreduce_autograph"]}
     assert len(hashes["distributed"]) == 1
     assert len(hashes["local"]) == 2
+    assert traced_with_autograph["distributed"] == {False}
 
 
 @pytest.mark.timeout(300)

@@ -2,7 +2,8 @@
 
 ``distributed|local``: train a tiny image model for a few steps through the same pieces
 the trainer uses, with Horovod's DistributedOptimizer or (the control) with a plain
-optimizer, and report this rank's weight hash.
+optimizer, and report this rank's weight hash and whether the gradient allreduce was
+traced with AutoGraph (see toolkit.worker.distributed: it must not be).
 """
 
 import json
@@ -33,7 +34,9 @@ def weights(mode, world):
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
     model.fit(data.train.batches(0, 0, 1), steps_per_epoch=8, epochs=1, verbose=0,
               callbacks=distributed.first_callbacks())
-    return {"sha256": train.weights_sha256(model)}
+    allreduce = getattr(optimizer, "_allreduce_grads", None)
+    return {"sha256": train.weights_sha256(model),
+            "allreduce_autograph": getattr(allreduce, "_autograph", None)}
 
 
 def main():

@@ -31,6 +31,23 @@ hvd = keras_compat.import_horovod_keras()
 # Horovod: the TensorFlow API, for the object and variable collectives the Keras API lacks.
 import horovod.tensorflow as hvd_tf  # noqa: E402
 from horovod.common.exceptions import HorovodInternalError  # noqa: E402
+import horovod.tensorflow.functions as hvd_tf_functions  # noqa: E402
+
+
+def _traced_without_autograph(function):
+    return tf.function(function, autograph=False)
+
+
+# Horovod: it makes its gradient allreduce (and grouped broadcast) a tf.function with
+# AutoGraph on, so tracing the first training step converts its Python source, and
+# through it several hundred functions of horovod.tensorflow, to graph code: 3 to 4 s of
+# every start on this machine, per worker. That code branches on tensors only through
+# tf.cond (its Python ifs test Python values: None gradients, dtypes, sizes), so it traces
+# as it is. Both modules look the helper up as a module global when they build the
+# function; set here, before any optimizer is wrapped. tests/test_distributed_unit.py
+# checks that a wrapped optimizer's allreduce is traced without AutoGraph.
+hvd_tf._make_subgraph = _traced_without_autograph
+hvd_tf_functions._make_subgraph = _traced_without_autograph
 
 
 @dataclasses.dataclass(frozen=True)
