@@ -22,6 +22,8 @@ import dataclasses
 import os
 import typing
 
+import numpy as np
+
 from toolkit import errors
 from toolkit import manifests
 
@@ -41,16 +43,13 @@ class FolderKind:
     policy_key: str  # the config key that chooses error or skip, e.g. "bad_images"
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelledFile:
-    path: str  # the file to read: the original, or the converted copy check() returned
-    relative: str  # "<class name>/<file name>", as list files name it
-    label: int  # index into Listing.class_names
-
-
 @dataclasses.dataclass
 class Listing:
-    files: typing.List[LabelledFile]
+    """The usable files, as columns (an ImageNet-size folder has over a million)."""
+
+    paths: typing.List[str]  # the files to read: originals, or converted copies check() returned
+    relative: typing.List[str]  # "<class name>/<file name>", as list files name them
+    labels: np.ndarray  # int32 indices into class_names
     class_names: typing.List[str]
     problems: typing.List[str]  # "<path> <why>" for every file left out
 
@@ -99,13 +98,19 @@ def scan(directory: str, kind: FolderKind, check: typing.Callable[[str], str], *
             lambda: _scan_classes(directory, found, kind, check), rescan=rescan)
     else:
         content = _scan_classes(directory, found, kind, check)
-    files = [LabelledFile(path, relative, label) for path, relative, label in content["files"]]
+    relative = content["relative"]
+    prefix = os.path.join(directory, "")
+    paths = [prefix + name for name in relative]
+    for index, path in content["converted"].items():
+        paths[int(index)] = path
     problems = content["problems"]
     if problems and bad_files == "error":
         raise errors.DataError(
             f"{len(problems)} unusable {kind.items} in {directory} (--{kind.policy_key}=skip "
             "leaves them out): " + "; ".join(problems[:5]))
-    return Listing(files=files, class_names=found, problems=problems)
+    return Listing(paths=paths, relative=relative,
+                   labels=np.array(content["labels"], np.int32), class_names=found,
+                   problems=problems)
 
 
 # Files checked at once: checks mostly wait for the file system (a network one, for big
@@ -114,7 +119,8 @@ CHECK_THREADS = 8
 
 
 def _scan_classes(directory, class_names, kind, check):
-    """{"files": [[path, relative, label]], "problems": [...]}, checking every file."""
+    """Checks every file. Returns columns: {"relative": ["<class>/<file>"], "labels": [int],
+    "converted": {index: path read instead of the file}, "problems": ["<path> <why>"]}."""
     entries = []
     for label, name in enumerate(class_names):
         folder = os.path.join(directory, name)
@@ -135,7 +141,8 @@ def _scan_classes(directory, class_names, kind, check):
         except UnusableFile as why:
             return label, name, file_name, None, f"{path} {why}"
 
-    files, problems, usable = [], [], collections.Counter()
+    relative, labels, converted, problems = [], [], {}, []
+    usable = collections.Counter()
     progress = manifests.Progress(f"checking the {kind.items} of {directory}", len(entries))
     with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
         for label, name, file_name, readable_path, problem in pool.map(checked, entries,
@@ -144,7 +151,10 @@ def _scan_classes(directory, class_names, kind, check):
             if problem:
                 problems.append(problem)
             else:
-                files.append([readable_path, f"{name}/{file_name}", label])
+                if readable_path != os.path.join(directory, name, file_name):
+                    converted[len(relative)] = readable_path
+                relative.append(f"{name}/{file_name}")
+                labels.append(label)
                 usable[label] += 1
     progress.finish()
     for label, name in enumerate(class_names):
@@ -154,4 +164,5 @@ def _scan_classes(directory, class_names, kind, check):
                                    f"{kind.items}: " + "; ".join(
                                        [problem for problem in problems
                                         if problem.startswith(folder + os.sep)][:3]))
-    return {"files": files, "problems": problems}
+    return {"relative": relative, "labels": labels, "converted": converted,
+            "problems": problems}

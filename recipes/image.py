@@ -185,7 +185,8 @@ def list_image_folder(directory, config):
 
 
 def _folder_split(config):
-    """Training and validation listings (files of LabelledFile) and the class names."""
+    """Training and validation files as (paths, labels) arrays, the class names, and a note
+    on skipped files."""
     train_dir = os.path.join(config.data_dir, "train")
     for validation_name in ("validation", "val"):
         validation_dir = os.path.join(config.data_dir, validation_name)
@@ -196,20 +197,21 @@ def _folder_split(config):
                 raise errors.DataError(
                     f"{train_dir} and {validation_dir} have different class folders: "
                     f"{train.class_names} vs {validation.class_names}")
-            return train.files, validation.files, train.class_names, (
-                train.problems_note() + validation.problems_note())
+            return ((np.array(train.paths), train.labels),
+                    (np.array(validation.paths), validation.labels), train.class_names,
+                    train.problems_note() + validation.problems_note())
     listing = list_image_folder(config.data_dir, config)
     # Hold out the same files every run: a seeded permutation within each class.
     generator = np.random.default_rng(config.seed)
-    labels = np.array([item.label for item in listing.files])
-    held_out = np.zeros(len(labels), bool)
+    held_out = np.zeros(len(listing.labels), bool)
     for label in range(len(listing.class_names)):
-        members = np.flatnonzero(labels == label)
+        members = np.flatnonzero(listing.labels == label)
         count = int(round(len(members) * config.validation_fraction))
         held_out[generator.permutation(members)[:count]] = True
-    train = [item for item, out in zip(listing.files, held_out) if not out]
-    validation = [item for item, out in zip(listing.files, held_out) if out]
-    return train, validation, listing.class_names, listing.problems_note()
+    paths = np.array(listing.paths)
+    return ((paths[~held_out], listing.labels[~held_out]),
+            (paths[held_out], listing.labels[held_out]), listing.class_names,
+            listing.problems_note())
 
 
 def _folder_examples(config):
@@ -221,9 +223,7 @@ def _folder_examples(config):
         return image, tf.where(usable, label, -1)
 
     def examples(files):
-        listing = (np.array([item.path for item in files]),
-                   np.array([item.label for item in files], np.int32))
-        return data_lib.Examples(listing, count=len(files), load=load, usable=_usable)
+        return data_lib.Examples(files, count=len(files[1]), load=load, usable=_usable)
 
     return (examples(train_files), examples(validation_files), class_names,
             f"image folder {config.data_dir}{problems}")

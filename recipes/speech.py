@@ -296,10 +296,9 @@ def scan_folder(config, data_dir):
         bad_files=config.bad_clips, classes=wanted, ignore={BACKGROUND_NOISE_FOLDER},
         cache_dir=config.cache_dir, check_name=f"clip-16k-{SAMPLE_RATE}",
         rescan=config.rescan_data)
-    clips = [Clip(item.relative, item.path, item.label,
-                  speaker_of(os.path.basename(item.relative))) for item in listing.files]
-    resampled = sum(1 for item in listing.files
-                    if item.path != os.path.join(data_dir, item.relative))
+    clips = [Clip(relative, path, int(label), speaker_of(os.path.basename(relative)))
+             for relative, path, label in zip(listing.relative, listing.paths, listing.labels)]
+    resampled = sum(1 for clip in clips if clip.path != os.path.join(data_dir, clip.relative))
     noise_dir = os.path.join(data_dir, BACKGROUND_NOISE_FOLDER)
     noises = []
     if os.path.isdir(noise_dir):

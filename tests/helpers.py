@@ -10,7 +10,7 @@ import time
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
-HOROVODRUN = os.path.join(os.path.dirname(PYTHON), "horovodrun")
+HOROVODRUN = [PYTHON, "-m", "toolkit.launcher.horovodrun"]  # as toolkit.launcher starts it
 LAUNCHER = "toolkit.launcher.launch"
 WORKER = "toolkit.worker.train"
 
@@ -118,7 +118,7 @@ def kill_session(process):
 
 def horovodrun(np, worker_arguments, timeout=240, check=True):
     """A script under ``horovodrun -np N -H localhost:N --gloo``."""
-    return run([HOROVODRUN, "-np", str(np), "-H", f"localhost:{np}", "--gloo",
+    return run([*HOROVODRUN, "-np", str(np), "-H", f"localhost:{np}", "--gloo",
                 "--start-timeout", "60", PYTHON, *worker_arguments], timeout=timeout,
                check=check)
 

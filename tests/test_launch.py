@@ -9,6 +9,7 @@ from recipes import image
 from toolkit import errors
 from toolkit import recipe as recipe_lib
 from toolkit import run_folder
+from toolkit.launcher import horovodrun
 from toolkit.launcher import launch as launch_lib
 
 
@@ -21,6 +22,28 @@ def test_dry_run_builds_the_horovodrun_command(tmp_path, capsys):
                 if line.startswith("[launch]"))
     assert "horovodrun -np 2 --gloo" in line and " -H localhost:2 " in line
     assert f"-m {WORKER} recipe=image run_dir={tmp_path}/r epochs=1" in line
+
+
+@pytest.mark.fast
+def test_horovodrun_asks_horovod_about_gloo_once_per_build(tmp_path, monkeypatch):
+    """horovodrun's own check (TensorFlow imported in a child process, seconds) runs for
+    the first launch only, and again when Horovod's library changes."""
+    asked = []
+    monkeypatch.setattr(horovodrun.horovod_util, "gloo_built",
+                        lambda verbose=False: asked.append(verbose) or True)
+    monkeypatch.setattr(horovodrun, "CACHE_FILE", str(tmp_path / "cache" / "gloo.json"))
+    assert horovodrun.libraries(), "Horovod's TensorFlow library was not found"
+    assert [horovodrun.gloo_built(), horovodrun.gloo_built()] == [True, True]
+    assert len(asked) == 1
+    library = tmp_path / "mpi_lib.so"
+    library.write_bytes(b"built once")
+    monkeypatch.setattr(horovodrun, "libraries", lambda: [[str(library),
+                                                           library.stat().st_size]])
+    horovodrun.gloo_built()
+    library.write_bytes(b"built again")
+    horovodrun.gloo_built()
+    horovodrun.gloo_built()
+    assert len(asked) == 3
 
 
 @pytest.fixture

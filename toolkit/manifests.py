@@ -26,7 +26,7 @@ import sys
 import time
 import typing
 
-FORMAT = 1  # bump when the content of manifests changes
+FORMAT = 2  # bump when the content of manifests changes
 
 Json = typing.Any
 # The manifests this process wrote, for make prepare-data's report.

@@ -37,6 +37,7 @@ from toolkit import config as config_lib
 from toolkit import errors
 from toolkit import log_noise
 from toolkit import recipe as recipe_lib
+from toolkit import launcher
 from toolkit.launcher import hostfile as hostfile_lib
 
 PROJECT_ROOT = toolkit.PROJECT_ROOT
@@ -87,8 +88,7 @@ def run_measurement(options, spec):
     if mode == "ours":
         hosts = (hostfile_lib.horovod_hosts(options.hosts) if options.hosts
                  else f"localhost:{np_}")
-        command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np",
-                   str(np_), "-H", hosts, "--gloo",
+        command = [*launcher.HOROVODRUN, "-np", str(np_), "-H", hosts, "--gloo",
                    *worker_command(options, mode, data, threads, pin=spec["pin"])]
         result = subprocess.run(command, capture_output=True, text=True, env=environment(),
                                 timeout=timeout, cwd=PROJECT_ROOT)

@@ -23,6 +23,7 @@ import time
 import toolkit
 from toolkit import errors
 from toolkit import versions as versions_lib
+from toolkit import launcher
 from toolkit.launcher import hostfile as hostfile_lib
 from toolkit.launcher import ssh
 
@@ -162,8 +163,7 @@ def run_probe(wrapper_dir, host, runs_root, token_name, token, timeout):
 
 
 def measure_allreduce(wrapper_dir, hosts, network_interface, timeout):
-    horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    command = [horovodrun, "-np", str(hostfile_lib.total_slots(hosts)), "-H",
+    command = [*launcher.HOROVODRUN, "-np", str(hostfile_lib.total_slots(hosts)), "-H",
                hostfile_lib.horovod_hosts(hosts), "--gloo", "--start-timeout", str(timeout)]
     if network_interface:
         command += ["--network-interface", network_interface]

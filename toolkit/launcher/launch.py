@@ -33,6 +33,7 @@ from toolkit import errors
 from toolkit import log_noise
 from toolkit import recipe as recipe_lib
 from toolkit import run_folder
+from toolkit import launcher
 from toolkit.launcher import hostfile as hostfile_lib
 from toolkit.launcher import ssh
 
@@ -96,9 +97,9 @@ def parse_np(text, hosts):
 
 
 def horovodrun_command(np, hosts, options, worker_arguments, discovery_script=""):
-    """The full horovodrun argument list."""
-    horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    command = [horovodrun, "-np", str(np), "--gloo", "--start-timeout",
+    """The full horovodrun argument list (horovodrun through toolkit.launcher.horovodrun,
+    which takes its Gloo check from a cache)."""
+    command = [*launcher.HOROVODRUN, "-np", str(np), "--gloo", "--start-timeout",
                str(options.start_timeout)]
     if options.elastic:
         command += ["--min-np", str(options.min_np), "--max-np", str(options.max_np),
