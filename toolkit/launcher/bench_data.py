@@ -295,6 +295,8 @@ def baseline_startup(commit, source, arguments, workers, bound, work):
 
 
 def spread(values):
+    if not values:
+        return "not measured"
     values = [value for value in values if value is not None]
     if not values:
         return "failed"
@@ -400,6 +402,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", default="", help="a commit to compare start-up with")
     parser.add_argument("--bound", type=int, default=600, help="seconds, baseline runs")
+    parser.add_argument("--parts", default="startup,resume,pipeline",
+                        help="which measurements (comma-separated): startup, resume, pipeline")
     parser.add_argument("--output_root", default=os.path.join(PROJECT_ROOT, "bench"))
     options = parser.parse_args(argv)
     root = os.path.join(PROJECT_ROOT, ".cache", "bench-data")
@@ -422,15 +426,21 @@ def main(argv=None):
                                              "tfrecords": f"{options.records:,} records in "
                                              f"{TFRECORD_FILES} files"},
                "startup": [], "resume": [], "baseline": []}
+    parts = set(options.parts.split(","))
+    results["pipeline"] = {"model": [], **{source: [] for source in sources}}
     try:
         for source, arguments in sources.items():
-            print(f"start-up: {source}", flush=True)
-            results["startup"] += startup(source, arguments, [1, 2], options.repeats,
-                                          cache_dir, work)
-            print(f"resume: {source}", flush=True)
-            results["resume"].append(resume_cost(source, arguments, 2, options.repeats, work))
-        print("pipeline rate", flush=True)
-        results["pipeline"] = pipeline_rate(sources, options.repeats)
+            if "startup" in parts:
+                print(f"start-up: {source}", flush=True)
+                results["startup"] += startup(source, arguments, [1, 2], options.repeats,
+                                              cache_dir, work)
+            if "resume" in parts:
+                print(f"resume: {source}", flush=True)
+                results["resume"].append(resume_cost(source, arguments, 2, options.repeats,
+                                                     work))
+        if "pipeline" in parts:
+            print("pipeline rate", flush=True)
+            results["pipeline"] = pipeline_rate(sources, options.repeats)
         if options.baseline:
             for source, arguments in sources.items():
                 print(f"baseline: {source}", flush=True)
