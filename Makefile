@@ -7,6 +7,7 @@ NP ?=## number of workers (default: the hostfile's slots, else GPUs, else 2)
 HOSTFILE ?=## hosts to run on, `<host> slots=<n>` per line (see hostfiles/)
 RUN_DIR ?=## the run folder (default runs/<recipe>/<time>); reuse one to resume
 ARGS ?=## config overrides, e.g. ARGS="--epochs=3 --batch_size_per_worker=128"
+CONFIG ?=## make train: start from a config file (a run's config.json, or JSON/YAML keys)
 RUNS_DIR ?= runs## where run folders go, and what make tensorboard serves
 VERBOSE ?=## 1: show everything TensorFlow and Horovod print
 START_TIMEOUT ?= 60## seconds to wait for ssh to each host and for workers to start
@@ -138,8 +139,12 @@ LAUNCH_OPTIONS = --start_timeout=$(START_TIMEOUT) $(if $(NP),--np=$(NP)) \
   $(if $(DISCOVERY_SCRIPT),--discovery_script=$(DISCOVERY_SCRIPT)) \
   $(if $(BLACKLIST_COOLDOWN),--blacklist_cooldown=$(BLACKLIST_COOLDOWN))
 
+# With CONFIG the file names the recipe; RECIPE is passed only when given explicitly.
+RECIPE_OPTION = $(if $(CONFIG),--config=$(CONFIG) $(if $(filter command line environment,\
+  $(origin RECIPE)),--recipe=$(RECIPE)),--recipe=$(RECIPE))
+
 train: setup ## train RECIPE on NP workers (validated first; rerun with RUN_DIR to resume)
-	$(VENV_PYTHON) -m toolkit.launcher.launch --recipe=$(RECIPE) --runs_root=$(RUNS_DIR) \
+	$(VENV_PYTHON) -m toolkit.launcher.launch --runs_root=$(RUNS_DIR) $(RECIPE_OPTION) \
 	  $(LAUNCH_OPTIONS) $(if $(RUN_DIR),--run_dir=$(RUN_DIR)) \
 	  $(if $(filter 1,$(VERBOSE)),--verbose) \
 	  $(if $(filter 1,$(TIMELINE)),--timeline=true) $(if $(filter 1,$(AUTOTUNE)),--autotune=true) \

@@ -126,7 +126,7 @@ def test_sentence_pairs_with_mixed_precision_and_xla(tmp_path, run_dir, switches
     summary = read_json(os.path.join(run_dir, "summary.json"))
     assert summary["global_steps"] == 4
     assert np.isfinite(summary["validation"]["loss"])
-    labels = read_json(os.path.join(run_dir, "export", "labels.json"))
+    labels = read_json(os.path.join(run_dir, "export", "1", "labels.json"))
     assert labels["class_names"] == ["different", "same"]
 
 
@@ -159,7 +159,7 @@ def test_short_pretrained_fine_tune_beats_chance_and_its_export_answers_raw_stri
     assert summary["validation"]["accuracy"] > majority + 0.3, (summary["validation"], majority)
 
     texts, labels = validation.texts[:100], validation.labels[:100]
-    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export"),
+    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export", "1"),
                                       json.dumps(texts), cwd=str(tmp_path))
     assert np.allclose(answer["sums"], 1.0, atol=1e-4) and answer["dtype"] == "float32"
     assert answer["pair_shape"] == [100, 6]

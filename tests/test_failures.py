@@ -122,7 +122,7 @@ def test_slow_checkpoint_and_export_writes_are_waited_for_not_taken_for_a_stall(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0 has been writing for" in result.stderr
     assert checkpoint_steps(run_dir) == [3, 6]
-    assert os.path.exists(os.path.join(run_dir, "export", "saved_model.pb"))
+    assert os.path.exists(os.path.join(run_dir, "export", "1", "saved_model.pb"))
     assert read_json(os.path.join(run_dir, "summary.json"))["global_steps"] == 6
 
 

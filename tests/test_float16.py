@@ -54,7 +54,7 @@ def test_float16_with_loss_scaling_skips_overflows_together_and_resumes_its_scal
     # its checkpoint) trains with the saved scale, not the initial 2 ** 15.
     assert scales[resumed + 1] == saved, (resumed, saved, scales)
     assert summary["loss_scale"] == scales[16]
-    types = predict_in_fresh_process(OUTPUT_TYPES, os.path.join(run_dir, "export"),
+    types = predict_in_fresh_process(OUTPUT_TYPES, os.path.join(run_dir, "export", "1"),
                                      cwd=str(tmp_path))
     assert set(types.values()) <= {"float32", "int64", "int32", "string"}, types
     assert types["probabilities"] == "float32"

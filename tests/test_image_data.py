@@ -125,7 +125,7 @@ def test_training_on_an_image_folder_end_to_end(tmp_path, run_dir):
     summary = read_json(os.path.join(run_dir, "summary.json"))
     # 12 images per class, round(12 * 0.1) = 1 of each held out: 33 to train, batch 4.
     assert summary["global_steps"] == 2 * (33 // 4)
-    labels = read_json(os.path.join(run_dir, "export", "labels.json"))
+    labels = read_json(os.path.join(run_dir, "export", "1", "labels.json"))
     assert labels["class_names"] == CLASSES
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from helpers import PYTHON, WORKER, launch, run
+from helpers import PYTHON, TINY_IMAGE, WORKER, launch, read_json, run
 from recipes import image
 from toolkit import errors
 from toolkit import recipe as recipe_lib
@@ -69,6 +69,49 @@ def test_a_refusal_from_the_command_line_is_one_line_and_exit_2(tmp_path):
         "error: unknown config key 'epoch' for ImageConfig; did you mean 'epochs'?")
     assert result.stderr.splitlines()[1:] == ["Nothing was launched."]
     assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.timeout(300)
+def test_config_reruns_a_runs_experiment_with_overrides_winning(tmp_path):
+    """CONFIG=<a run's config.json> starts a new run with that run's recipe and resolved
+    config; --key=value given with it wins."""
+    first = tmp_path / "first"
+    launch(["--recipe=image", "--np=1", f"--run_dir={first}", "--epochs=1",
+            "--max_steps_per_epoch=2", "--export=false", "--seed=7", *TINY_IMAGE])
+    second = tmp_path / "second"
+    launch(["--np=1", f"--config={first}/config.json", f"--run_dir={second}",
+            "--max_steps_per_epoch=3"])
+    before = read_json(first / "config.json")
+    after = read_json(second / "config.json")
+    assert after["recipe"] == "image"
+    assert after["config"] == dict(before["config"], max_steps_per_epoch=3)
+    assert read_json(second / "summary.json")["global_steps"] == 3
+
+
+@pytest.mark.fast
+def test_config_file_written_by_hand(tmp_path, capsys, expect_refusal):
+    """YAML or JSON, keys at the top level: used as given; mistakes name the file (and the
+    line, or the key)."""
+    hand = tmp_path / "experiment.yaml"
+    hand.write_text("recipe: image\nwidth: 8\naugment: false\nbase_learning_rate: 0.01\n")
+    assert launch_lib.main([f"--config={hand}", "--np=1", f"--run_dir={tmp_path}/r",
+                            "--dry_run", "--width=12"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("[launch]"))
+    assert "recipe=image" in line and " width=12 " in line and " augment=false " in line
+    hand.write_text("recipe: image\nwidht: 8\n")
+    expect_refusal([f"--config={hand}"], f"config file {hand}", "'widht'",
+                   "did you mean 'width'")
+    hand.write_text("recipe: image\nwidth: [8\n")
+    expect_refusal([f"--config={hand}"], f"config file {hand} line 3 is not valid YAML")
+    as_json = tmp_path / "experiment.json"
+    as_json.write_text('{"recipe": "image",\n "width": 8,,}')
+    expect_refusal([f"--config={as_json}"], f"config file {as_json} line 2 is not valid JSON")
+    as_json.write_text('{"recipe": "bert", "config": {}}')
+    expect_refusal([f"--config={as_json}", "--recipe=image"],
+                   f"RECIPE=image but the config file {as_json} is for recipe 'bert'")
+    expect_refusal([f"--config={tmp_path}/missing.json"],
+                   f"config file {tmp_path}/missing.json cannot be read")
 
 
 @pytest.mark.fast

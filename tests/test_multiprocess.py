@@ -148,7 +148,7 @@ def test_reported_validation_metrics_are_those_of_all_workers_data(tmp_path):
     pixels_path = str(tmp_path / "pixels.npy")
     np.save(pixels_path, images[:count, ..., None])
     probabilities = np.array(predict_in_fresh_process(
-        PREDICT_PIXELS, os.path.join(run_dir, "export"), pixels_path,
+        PREDICT_PIXELS, os.path.join(run_dir, "export", "1"), pixels_path,
         cwd=str(tmp_path))["probabilities"])
     labels = labels[:count]
     correct = np.argmax(probabilities, axis=1) == labels

@@ -57,6 +57,6 @@ def test_recipe_trains_two_steps_and_exports(name, run_dir):
     assert summary["global_steps"] == 2
     assert summary["world_size"] == 1
     assert all(math.isfinite(value) for value in summary["validation"].values())
-    assert os.path.exists(os.path.join(run_dir, "export", "saved_model.pb"))
+    assert os.path.exists(os.path.join(run_dir, "export", "1", "saved_model.pb"))
     config = read_json(os.path.join(run_dir, "config.json"))
     assert config["recipe"] == name and config["versions"]["horovod"] == "0.28.1"

@@ -67,7 +67,7 @@ print("RESULT " + json.dumps({
 """
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(700)
 def test_export_predicts_on_raw_images_in_a_fresh_process(tmp_path):
     run_dir = str(tmp_path / "export")
     launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", "--epochs=1",
@@ -78,13 +78,23 @@ def test_export_predicts_on_raw_images_in_a_fresh_process(tmp_path):
     np.savez(images_path, png=np.array([png_bytes(pixels) for pixels in images], dtype=object)
              .astype(bytes), pixels=images[..., None])
     # A fresh interpreter that imports neither the toolkit nor the recipe.
-    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export"), images_path,
-                                      cwd=str(tmp_path))
+    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export", "1"),
+                                      images_path, cwd=str(tmp_path))
     assert answer["ids"] == answer["pixel_ids"]  # both signatures agree
     assert answer["names"] == [image.FASHION_MNIST_CLASSES[i] for i in answer["ids"]]
     assert np.allclose(answer["sums"], 1.0, atol=1e-4) and answer["dtype"] == "float32"
     accuracy = float(np.mean(np.array(answer["ids"]) == labels))
     # Chance is 0.1; a short run lands around 0.6-0.75.
     assert accuracy > 0.45, f"accuracy {accuracy} on 200 test images after a short run"
-    labels_file = read_json(os.path.join(run_dir, "export", "labels.json"))
+    labels_file = read_json(os.path.join(run_dir, "export", "1", "labels.json"))
     assert labels_file["class_names"] == image.FASHION_MNIST_CLASSES
+    # The export is a TF Serving base path: resumed for one more epoch, the run exports
+    # version 2 beside version 1, which stays as it was.
+    first = open(os.path.join(run_dir, "export", "1", "saved_model.pb"), "rb").read()
+    launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", "--epochs=2",
+            "--max_steps_per_epoch=150", "--max_validation_examples=512"], timeout=300)
+    assert sorted(os.listdir(os.path.join(run_dir, "export"))) == ["1", "2"]
+    assert open(os.path.join(run_dir, "export", "1", "saved_model.pb"), "rb").read() == first
+    assert read_json(os.path.join(run_dir, "summary.json"))["export"] == os.path.join(
+        run_dir, "export", "2")
+    assert read_json(os.path.join(run_dir, "export", "2", "labels.json"))["version"] == 2

@@ -194,7 +194,7 @@ def test_tiny_model_on_two_workers_learns_unseen_voices_and_its_export_agrees(tm
     for row, samples in enumerate(waves):
         batch[row, :len(samples)] = samples
     np.save(tmp_path / "waves.npy", batch)
-    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export"),
+    answer = predict_in_fresh_process(PREDICT, os.path.join(run_dir, "export", "1"),
                                       str(tmp_path / "waves.npy"), cwd=str(tmp_path))
     expected = [labels[clip.label] for clip in test]
     accuracy = np.mean([got == want for got, want in zip(answer["labels"], expected)])

@@ -180,6 +180,50 @@ def parse_value(key: str, text: str, value_type: typing.Any) -> typing.Any:
     raise TypeError(f"config key '{key}' has unsupported type {value_type!r}")
 
 
+def read_file(path: str) -> typing.Tuple[typing.Optional[str], typing.Dict[str, str]]:
+    """A config file: a run's ``config.json`` (``{"recipe": ..., "config": {...}}``) or one
+    written by hand, JSON or YAML (``.yaml``/``.yml``), either that shape or the keys at the
+    top level with an optional ``recipe``. Returns (recipe name or None, the keys as
+    override strings); ConfigError naming the file (and line) when it cannot be used."""
+    try:
+        with open(path) as stream:
+            text = stream.read()
+    except OSError as error:
+        raise errors.ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    if path.lower().endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            content = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise errors.ConfigError(f"config file {path}{where} is not valid YAML: "
+                                     f"{getattr(error, 'problem', None) or error}") from None
+    else:
+        try:
+            content = json.loads(text)
+        except ValueError as error:
+            raise errors.ConfigError(f"config file {path} line {error.lineno} is not valid "
+                                     f"JSON: {error.msg}") from None
+    if not isinstance(content, dict):
+        raise errors.ConfigError(f"config file {path} must hold a mapping of config keys "
+                                 f"(and optionally 'recipe'), not {type(content).__name__}")
+    recipe = content.get("recipe")
+    keys = content["config"] if isinstance(content.get("config"), dict) else {
+        key: value for key, value in content.items() if key != "recipe"}
+    if recipe is not None and not isinstance(recipe, str):
+        raise errors.ConfigError(f"config file {path}: 'recipe' must be a recipe name, "
+                                 f"got {recipe!r}")
+    overrides = {}
+    for key, value in keys.items():
+        if isinstance(value, (dict, list)) or value is None:
+            raise errors.ConfigError(f"config file {path}: key '{key}' must be a single "
+                                     f"value, got {value!r}")
+        overrides[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return recipe, overrides
+
+
 def split_overrides(arguments: typing.Iterable[str]) -> typing.Dict[str, str]:
     """Turn ``["--key=value", ...]`` into an ordered dict; reject anything else."""
     overrides = {}

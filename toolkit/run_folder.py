@@ -5,7 +5,8 @@ Layout of ``RUN_DIR`` (default ``runs/<recipe>/<timestamp>/``)::
     config.json    recipe, resolved config, world size, hosts, library versions
     tensorboard/   train/ and validation/ event files (make tensorboard)
     checkpoints/   tf.train checkpoints, one per epoch, the newest few kept
-    export/        SavedModel with a raw-input serving signature, plus labels.json
+    export/        TF Serving base path: 1/, 2/, ... each a SavedModel taking raw inputs,
+                   with its labels.json
     summary.json   final validation metrics, epochs, steps, speed, weight hashes
     timeline.json  Horovod timeline (--timeline=true)
     autotune.csv   Horovod autotuning log (--autotune=true)

@@ -6,8 +6,8 @@ hostfile, NP against the slots, and whether RUN_DIR may be created or resumed. T
 horovodrun command is built as an argument list (no shell), so no value given here can
 run as a command.
 
-    python -m toolkit.launcher.launch --recipe=image [--np=N] [--hostfile=FILE] [--run_dir=DIR]
-        [--start_timeout=S] [--ssh_user=U] [--ssh_port=P] [--ssh_identity=FILE]
+    python -m toolkit.launcher.launch --recipe=image|--config=FILE [--np=N] [--hostfile=FILE]
+        [--run_dir=DIR] [--start_timeout=S] [--ssh_user=U] [--ssh_port=P] [--ssh_identity=FILE]
         [--network_interface=IF[,IF]] [--dry_run] [--key=value ...]
 
 With a hostfile naming other machines, every host is first checked over ssh (in
@@ -64,7 +64,12 @@ def default_np(hosts):
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(prog="python -m toolkit.launcher.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--recipe", default="",
+                        help="the recipe (required unless --config names one)")
+    parser.add_argument("--config", default="",
+                        help="start from this config file: a run's config.json (rerun its "
+                             "experiment) or a JSON/YAML file of config keys; --key=value "
+                             "overrides win")
     parser.add_argument("--np", default="", help="number of workers (default: see default_np)")
     parser.add_argument("--hostfile", default="")
     parser.add_argument("--run_dir", default="")
@@ -186,14 +191,37 @@ class Launch:
     elastic: bool = False
 
 
+def recipe_and_overrides(options, overrides_list):
+    """The recipe, and the config overrides: the config file's keys (if any) under the
+    command line's."""
+    from_file, file_recipe = {}, None
+    if options.config:
+        file_recipe, from_file = config_lib.read_file(options.config)
+    if options.recipe and file_recipe and options.recipe != file_recipe:
+        raise errors.LaunchError(f"RECIPE={options.recipe} but the config file "
+                                 f"{options.config} is for recipe {file_recipe!r}; leave "
+                                 "RECIPE out to use the file's")
+    name = options.recipe or file_recipe
+    if not name:
+        raise errors.LaunchError("no recipe: give RECIPE=<name> (--recipe)"
+                                 + (f", or 'recipe' in {options.config}" if options.config
+                                    else ""))
+    recipe = recipe_lib.get(name)
+    if from_file:
+        try:
+            config_lib.build(recipe.config_class, from_file)
+        except errors.ConfigError as error:
+            raise errors.ConfigError(f"config file {options.config}: {error}") from None
+    return recipe, {**from_file, **config_lib.split_overrides(overrides_list)}
+
+
 def prepare(argv):
     """Validate everything that needs no network; return a Launch. UserError on bad input."""
     options, overrides_list = parse_arguments(argv)
     # Importing the recipe imports TensorFlow, which prints start-up noise.
     log_noise.set_level(options.verbose)
     with log_noise.hidden(options.verbose):
-        recipe = recipe_lib.get(options.recipe)
-        overrides = config_lib.split_overrides(overrides_list)
+        recipe, overrides = recipe_and_overrides(options, overrides_list)
         config = config_lib.build(recipe.config_class, overrides)
         if recipe.check_data is not None:
             recipe.check_data(config)
@@ -422,7 +450,7 @@ def main(argv=None):
     if code == 0:
         print(f"[launch] finished. Results: {run_dir}\n"
               f"[launch]   summary:     {os.path.join(run_dir, 'summary.json')}\n"
-              f"[launch]   export:      {os.path.join(run_dir, 'export')}\n"
+              f"[launch]   export:      {os.path.join(run_dir, 'export')} (TF Serving base path)\n"
               f"[launch]   TensorBoard: make tensorboard   (serves the runs folder)")
     else:
         print(f"[launch] failed with exit code {code}; run folder {run_dir}", file=sys.stderr)

@@ -677,8 +677,8 @@ def write_results(session: Session, result: FitResult, summary: typing.Dict[str,
         summary["reports"] = recipe.build_reports(config, session.model, result.data)
     if config.export:
         faults_lib.before_export(session.faults)
-        export.save(recipe, config, session.model, result.data, paths.export)
-        summary["export"] = paths.export
+        summary["export"] = export.save(recipe, config, session.model, result.data,
+                                        paths.export)
     run_folder.write_json(paths.summary, summary)
     tensorboard_logs.write_final_metrics(
         paths.tensorboard,
