@@ -462,6 +462,7 @@ RECIPE = recipe_lib.Recipe(
     build_metrics=classification.build_metrics,
     build_serving=build_serving,
     check_data=check_data,
+    head_layer="classifier",  # transformers' TFBertForSequenceClassification.classifier
     tiny_overrides={"pretrained": "false", "num_hidden_layers": "2", "hidden_size": "32",
                     "batch_size_per_worker": "8", "max_train_examples": "256",
                     "max_validation_examples": "64", "max_length": "32"},

@@ -15,6 +15,7 @@ Shared by the launching machine and every worker
 
 ``launcher/``: on the machine you launch from (``make train``, ``make doctor``, ...)
     ``launch``              validate a run, then start it under horovodrun
+    ``horovodrun``          horovodrun, with its Gloo check answered from a cache
     ``hostfile``            parse and validate hostfiles
     ``ssh``                 the ssh config and reachability checks of a launch
     ``doctor``              preflight checks of every host
@@ -33,7 +34,8 @@ Shared by the launching machine and every worker
     ``guards``            the NaN/Inf guard and the lifeline to the launcher
     ``lr_schedules``      the learning rate: scaled, warmed up, decayed
     ``tensorboard_logs``  what rank 0 writes to TensorBoard beyond loss curves
-    ``export``            the SavedModel
+    ``export``            the SavedModel, as a TF Serving version folder
+    ``warm_start``        a new run from an earlier run's weights (``init_from``)
     ``faults``            test-only fault injection (off unless a test turns it on)
     ``bench_worker``      one ``make bench`` measurement
 

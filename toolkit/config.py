@@ -40,6 +40,10 @@ class TrainConfig:
     # TFRecords: records shuffled together after the files' order is shuffled each epoch.
     shuffle_buffer: int = 10_000
 
+    # Warm start (README, "Warm starts"): a new run's model from an earlier run's weights.
+    init_from: str = ""  # RUN_DIR or checkpoint path; "" = from scratch (or the pretrained)
+    new_head: bool = False  # other classes than init_from's: a new classification head
+
     # Optimiser. The learning rate is for ONE worker; the toolkit scales it by world size.
     optimizer: typing.Literal["adam", "adamw", "sgd"] = "adam"
     base_learning_rate: float = 1e-3  # Adam's usual default, for one worker

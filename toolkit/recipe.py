@@ -76,6 +76,9 @@ class Recipe(typing.Generic[ConfigT]):
     # Quick checks of the configured data that the launcher runs before starting any
     # worker (paths exist, files readable, labels valid); raises errors.DataError.
     check_data: typing.Optional[typing.Callable[[ConfigT], None]] = None
+    # The name of the layer whose outputs are the classes: --new_head re-initialises its
+    # variables (those with this name in their path) when warm-starting on other classes.
+    head_layer: str = "logits"
 
     def __post_init__(self):
         if not (isinstance(self.config_class, type)

@@ -30,7 +30,7 @@ RESUMABLE_CHANGES = frozenset({
     "intra_op_threads", "inter_op_threads", "max_validation_examples", "on_nonfinite",
     "stall_check_seconds", "stall_shutdown_seconds", "elastic_commit_steps",
     "fusion_threshold_mb", "cycle_time_ms", "autotune", "timeline", "pin_cpus",
-    "confusion_matrix", "profile_steps"})
+    "confusion_matrix", "profile_steps", "init_from", "new_head"})
 
 
 def default_path(runs_root: str, recipe_name: str,

@@ -225,6 +225,15 @@ def prepare(argv):
         config = config_lib.build(recipe.config_class, overrides)
         if recipe.check_data is not None:
             recipe.check_data(config)
+        if config.init_from:
+            # The checkpoint exists and is of this recipe; its classes are compared with
+            # the data's when the workers have listed it. (Imported here, with TensorFlow's
+            # start-up noise hidden, like the recipe.)
+            from toolkit.worker import warm_start
+
+            source = warm_start.find(config.init_from)
+            warm_start.check(source, config.init_from, recipe.name, source.class_names or [],
+                             new_head=True)
     hosts = hostfile_lib.parse(options.hostfile) if options.hostfile else []
     np = parse_np(options.np, hosts)
     if hosts:

@@ -50,6 +50,9 @@ class Position:
     global_step: int = 0
     checkpoint: str = ""
     conversion: str = ""  # how a checkpoint of another plan was read, for the log
+    # A new run warm-started (init_from): the checkpoint read, whether the head was left
+    # out, how many variables were taken (config.json's "init_from").
+    initialised_from: typing.Optional[typing.Dict[str, typing.Any]] = None
 
 
 def convert(epochs_done: int, global_step: int, saved: Plan, plan: Plan,

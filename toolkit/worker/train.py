@@ -67,6 +67,7 @@ from toolkit.worker import guards  # noqa: E402
 from toolkit.worker import lr_schedules  # noqa: E402
 from toolkit.worker import runtime  # noqa: E402
 from toolkit.worker import tensorboard_logs  # noqa: E402
+from toolkit.worker import warm_start  # noqa: E402
 
 Logs = typing.Dict[str, typing.List[float]]
 
@@ -290,17 +291,18 @@ def restore_or_start(session: Session, world: distributed.World) -> checkpoints.
     broadcast, and takes the chief's variables. Each rank takes its own dropout generator
     states from the checkpoint (rank 0's when the world size changed). The run's list of
     world sizes gets this world when it differs from the last."""
-    position, message, random_states = checkpoints.Position(), None, None
+    position, failure, random_states = checkpoints.Position(), None, None
     if world.is_chief:
         try:
             position = session.checkpointer.restore()
             random_states = session.checkpointer.random_states.numpy()
-        except errors.CheckpointError as error:
-            message = str(error)
-    position, message, random_states = distributed.broadcast_object(
-        (position, message, random_states))
-    if message:
-        raise errors.CheckpointError(message)
+            position = warm_start_if_new(session, position)
+        except (errors.CheckpointError, errors.ConfigError) as error:
+            failure = (type(error), str(error))
+    position, failure, random_states = distributed.broadcast_object(
+        (position, failure, random_states))
+    if failure:
+        raise failure[0](failure[1])
     session.checkpointer.worlds = note_world(
         session.checkpointer.worlds, world, session.checkpointer.plan, position.global_step)
     # The loss scale (float16) is the LossScaleOptimizer's, not in the optimizer's list.
@@ -311,6 +313,29 @@ def restore_or_start(session: Session, world: distributed.World) -> checkpoints.
         row = world.rank if len(random_states) == world.size else 0
         checkpoints.set_random_states(session.random_generators, random_states[row])
     return position
+
+
+def warm_start_if_new(session: Session, position: checkpoints.Position
+                      ) -> checkpoints.Position:
+    """A run starting at step 0 with ``init_from`` takes that run's model weights (chief
+    only; the broadcast after the restore gives them to every rank)."""
+    config, recipe, data = session.config, session.recipe, session.data
+    if position.global_step or position.checkpoint or not config.init_from:
+        return position
+    source = warm_start.find(config.init_from)
+    leave_out_head = warm_start.check(source, config.init_from, recipe.name, data.class_names,
+                                      config.new_head)
+    source_model = session.model
+    if leave_out_head:
+        # The earlier run's model, for its classes, to read the checkpoint into.
+        source_data = dataclasses.replace(
+            data, class_names=list(source.class_names or data.class_names))
+        source_model = recipe.build_model(config, source_data)
+    taken = warm_start.load(source, config.init_from, session.model, source_model,
+                            leave_out_head, recipe.head_layer)
+    return dataclasses.replace(position, initialised_from={
+        "checkpoint": source.checkpoint, "new_head": leave_out_head, "variables_taken": taken,
+        "classes_of_checkpoint": source.class_names})
 
 
 def gather_random_states(session: Session) -> typing.Optional[np.ndarray]:
@@ -460,7 +485,7 @@ class ElasticFit:
 
     def __init__(self, session: Session):
         self.session = session
-        self.restored = (session.checkpointer.restore()
+        self.restored = (warm_start_if_new(session, session.checkpointer.restore())
                          if distributed.current_world().is_chief else checkpoints.Position())
         self.resets: typing.List[typing.Dict[str, typing.Any]] = []
         self.result: typing.Optional[FitResult] = None
@@ -573,6 +598,7 @@ def write_run_config(session: Session, world: distributed.World,
         "global_batch_size": config.batch_size_per_worker * world.size,
         "runtime": session.runtime, "versions": versions_lib.collect(), "command": sys.argv,
         "resumed_from": dataclasses.asdict(position),
+        "init_from": position.initialised_from,
     })
     tensorboard_logs.write_config_text(paths.tensorboard, session.config_dict,
                                        {"world_size": world.size})
