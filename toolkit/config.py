@@ -117,6 +117,8 @@ class TrainConfig:
                     f"a multiple of backward_passes_per_step ({self.backward_passes_per_step})"
                     ": checkpoints are taken between updates, when no gradients are half "
                     "accumulated")
+        require(self, "new_head", not self.new_head or bool(self.init_from),
+                "false unless init_from names the run whose weights the new head goes on")
         require(self, "cache_budget_mb", self.cache_budget_mb >= 0, "an integer >= 0")
         require(self, "shuffle_buffer", self.shuffle_buffer >= 1, "an integer >= 1")
         require(self, "log_every_steps", self.log_every_steps >= 1, "an integer >= 1")
