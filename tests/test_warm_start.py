@@ -43,7 +43,7 @@ def test_warm_start_reaches_the_earlier_accuracy_in_a_quarter_of_the_steps(tmp_p
             < before["validation"]["accuracy"] - 0.02)
 
 
-def subset_folder(root, names, per_class=40):
+def subset_folder(root, names, per_class=200):
     """Fashion-MNIST test images of ``names`` as PNG class folders."""
     pixels, labels = image.fashion_mnist_split(image.ImageConfig().fashion_mnist_dir, "t10k")
     for name in names:
@@ -57,7 +57,7 @@ def subset_folder(root, names, per_class=40):
 def test_new_head_for_a_subset_of_classes(tmp_path, finished_run):
     names = ["bag", "sneaker", "trouser"]
     subset_folder(tmp_path / "data", names)
-    arguments = ["--recipe=image", "--np=1", "--epochs=2", *TINY_IMAGE,
+    arguments = ["--recipe=image", "--np=1", "--epochs=3", *TINY_IMAGE,
                  f"--data_dir={tmp_path / 'data'}", f"--init_from={finished_run}",
                  f"--cache_dir={tmp_path / 'cache'}"]
     refused = launch(arguments + [f"--run_dir={tmp_path / 'refused'}"], check=False)

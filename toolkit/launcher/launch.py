@@ -401,6 +401,10 @@ def run(command, environment, rank_to_host, verbose=False, elastic=False):
     if code != 0:
         for line in watcher.diagnosis():
             print(line, file=sys.stderr, flush=True)
+        if watcher.user_error:
+            # A worker refused (its one-line message is above): a user error, exit 2, as
+            # the launcher's own refusals; horovodrun counts it as a failed process.
+            return errors.USER_ERROR_EXIT_CODE
     return code
 
 

@@ -325,12 +325,12 @@ def warm_start_if_new(session: Session, position: checkpoints.Position
     source = warm_start.find(config.init_from)
     leave_out_head = warm_start.check(source, config.init_from, recipe.name, data.class_names,
                                       config.new_head)
-    source_model = session.model
-    if leave_out_head:
-        # The earlier run's model, for its classes, to read the checkpoint into.
-        source_data = dataclasses.replace(
-            data, class_names=list(source.class_names or data.class_names))
-        source_model = recipe.build_model(config, source_data)
+    # The earlier run's model, for its classes, to read the checkpoint into: a model of
+    # its own, uncompiled, so that the checkpoint's optimizer (tracked by the compiled
+    # model) stays out of this run.
+    source_data = dataclasses.replace(
+        data, class_names=list(source.class_names or data.class_names))
+    source_model = recipe.build_model(config, source_data)
     taken = warm_start.load(source, config.init_from, session.model, source_model,
                             leave_out_head, recipe.head_layer)
     return dataclasses.replace(position, initialised_from={

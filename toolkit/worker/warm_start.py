@@ -90,12 +90,10 @@ def is_head(variable: tf.Variable, head_layer: str) -> bool:
 
 def load(source: Source, init_from: str, model: typing.Any, source_model: typing.Any,
          leave_out_head: bool, head_layer: str) -> int:
-    """Read ``source``'s model weights into ``source_model`` (built for its classes; may be
-    ``model`` itself) and copy them into ``model``, all but the head's when
-    ``leave_out_head``. Returns the number of variables taken."""
-    # Integer variables (random generator states) stay this run's own.
-    own_states = [(variable, variable.numpy()) for variable in model.weights
-                  if not variable.dtype.is_floating]
+    """Read ``source``'s model weights into ``source_model`` (an uncompiled model built
+    for its classes) and copy them into ``model``, all but the head's when
+    ``leave_out_head``; integer variables (random generator states) stay this run's own.
+    Returns the number of variables taken."""
     try:
         status = tf.train.Checkpoint(model=source_model).read(source.checkpoint)
         status.assert_existing_objects_matched()
@@ -107,10 +105,6 @@ def load(source: Source, init_from: str, model: typing.Any, source_model: typing
         raise errors.ConfigError(
             f"init_from={init_from}: the checkpoint's shapes differ from this model's; the "
             f"architecture differs ({str(error)[:300]})") from None
-    for variable, value in own_states:
-        variable.assign(value)
-    if source_model is model:
-        return len(model.weights) - len(own_states)
     taken = 0
     for saved, variable in zip(source_model.weights, model.weights):
         if not variable.dtype.is_floating or (leave_out_head
