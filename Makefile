@@ -25,6 +25,9 @@ TIMELINE ?=## 1: write Horovod's timeline to RUN_DIR/timeline.json
 AUTOTUNE ?=## 1: let Horovod tune fusion and cycle time (log in RUN_DIR/autotune.csv)
 TB_HOST ?= 127.0.0.1## where make tensorboard listens
 TB_PORT ?= 6006## the port make tensorboard listens on
+PORT ?= 8501## make serve: the port
+MODEL_NAME ?=## make serve: the model's name in the URL (one RUN_DIR; default its recipe)
+HOST ?=## make serve: the address to listen on, given on the command line (default 127.0.0.1)
 TEST_ARGS ?=## extra pytest arguments, e.g. TEST_ARGS="-k resume"
 REPEATS ?= 3## make bench: repeats of every configuration
 STEPS ?= 40## make bench: timed steps per repeat
@@ -39,7 +42,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages horovod horovod-wheel gpu-build-check train test test-fast \
-  tensorboard config doctor slurm mpijob bench bench-data prepare-data clean
+  tensorboard config doctor slurm mpijob bench bench-data prepare-data serve clean
 
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
@@ -186,6 +189,13 @@ mpijob: setup ## write a Kubeflow MPIJob, jobs/<recipe>-mpijob.yaml (needs IMAGE
 
 config: setup ## list RECIPE's config keys, types and defaults
 	@$(VENV_PYTHON) -m toolkit.worker.train --recipe=$(RECIPE) --help
+
+# HOST only from make's command line: shells often export HOST as the machine's name.
+SERVE_HOST = $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
+
+serve: setup ## serve RUN_DIR's export (several: RUN_DIR="a b", or a folder of them) over TF Serving's REST API
+	$(VENV_PYTHON) -m toolkit.launcher.serve $(foreach dir,$(RUN_DIR),--model=$(dir)) \
+	  --host=$(SERVE_HOST) --port=$(PORT) $(if $(MODEL_NAME),--model_name=$(MODEL_NAME)) $(ARGS)
 
 tensorboard: setup ## serve RUNS_DIR (on rank 0's host with HOSTFILE)
 	$(VENV_PYTHON) -m toolkit.launcher.tensorboard_server --runs_dir=$(RUNS_DIR) \

@@ -24,6 +24,7 @@ Shared by the launching machine and every worker
     ``bench``               ``make bench``: runs the measurements, writes the report
     ``bench_data``          ``make bench-data``: the data path at real sizes
     ``prepare_data``        ``make prepare-data``: scan a data source into its manifest
+    ``serve``               ``make serve``: TF Serving's REST API for the exports, batched
 
 ``worker/``: inside every worker process
     ``train``             the entry point: set up, restore or start, fit, summarise
