@@ -40,6 +40,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 import typing
 
 import numpy as np
@@ -429,7 +430,8 @@ def application(server: Server, max_body_bytes: int):
         except web.HTTPException as error:
             return web.json_response({"error": f"{error.reason}: {request.method} "
                                                f"{request.path}"}, status=error.status)
-        except Exception as error:  # a bug: say so, keep serving
+        except Exception as error:  # a bug: say so, print it, keep serving
+            traceback.print_exc()
             return web.json_response({"error": f"internal error: {type(error).__name__}: "
                                                f"{error}"}, status=500)
 
