@@ -56,9 +56,13 @@ class Served:
         return requests.post(path + ":predict", data=data, timeout=60)
 
     def stop(self):
+        """SIGTERM; (exit code, output). Safe to call again."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        output, _ = self.process.communicate(timeout=60)
+        try:
+            output, _ = self.process.communicate(timeout=60)
+        except ValueError:  # already collected
+            output = ""
         return self.process.returncode, output
 
 
@@ -193,18 +197,21 @@ def test_overload_is_503_and_sigterm_lets_requests_finish(exports):
     served = Served([exports["image"]], "--max_queue=2", "--max_batch_size=64",
                     "--batch_timeout_ms=1500")
     body = {"instances": [{"b64": base64.b64encode(png(np.zeros((28, 28), np.uint8))).decode()}]}
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        waiting = [pool.submit(served.predict, "image", body) for _ in range(6)]
-        statuses = sorted(future.result().status_code for future in waiting)
-    assert statuses.count(200) == 2 and statuses.count(503) == 4, statuses
-    assert served.predict("image", body).status_code == 200
-    # SIGTERM while a request waits for its batch: it is answered, then the server exits 0.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(served.predict, "image", body)
-        time.sleep(0.5)
-        code, output = served.stop()
-        assert in_flight.result().status_code == 200
-    assert code == 0, output
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            waiting = [pool.submit(served.predict, "image", body) for _ in range(6)]
+            statuses = sorted(future.result().status_code for future in waiting)
+        assert statuses.count(200) == 2 and statuses.count(503) == 4, statuses
+        assert served.predict("image", body).status_code == 200
+        # SIGTERM while a request waits for its batch: it is answered, then exit 0.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(served.predict, "image", body)
+            time.sleep(0.5)
+            code, output = served.stop()
+            assert in_flight.result().status_code == 200
+        assert code == 0, output
+    finally:
+        served.stop()
 
 
 def test_bad_model_folder_is_refused(tmp_path):
