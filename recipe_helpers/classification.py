@@ -33,7 +33,11 @@ class ClassifierServing(tf.Module):
         self.class_names = tf.constant(list(class_names))
 
     def classify(self, model_inputs) -> typing.Dict[str, tf.Tensor]:
-        logits = tf.cast(self.model(model_inputs, training=False), tf.float32)
+        return self.outputs(self.model(model_inputs, training=False))
+
+    def outputs(self, logits) -> typing.Dict[str, tf.Tensor]:
+        """The outputs for the model's logits, [batch, classes]."""
+        logits = tf.cast(logits, tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"label": tf.gather(self.class_names, label_ids), "label_id": label_ids,

