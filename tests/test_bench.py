@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from helpers import PYTHON, run
+from helpers import PYTHON, TINY_IMAGE, launch, run
 
 pytestmark = pytest.mark.multiprocess
 
@@ -39,3 +39,40 @@ def test_bench_measures_every_configuration_and_writes_its_report(tmp_path):
     report = (directory / "report.md").read_text()
     assert "| scaling_efficiency_np2 |" in report and ">= 0.85" in report
     assert "samples/s" in result.stdout
+
+
+@pytest.mark.timeout(600)
+def test_bench_serve_loads_the_server_both_ways_and_writes_its_report(tmp_path):
+    run_dir = tmp_path / "image-run"
+    launch(["--recipe=image", "--np=1", f"--run_dir={run_dir}", "--epochs=1",
+            "--max_steps_per_epoch=4", *TINY_IMAGE])
+    result = run([PYTHON, "-m", "toolkit.launcher.bench_serve", "--recipes=image",
+                  f"--model=image={run_dir}", "--concurrency=1,4", "--requests=30",
+                  "--seconds=60", "--repeats=1", f"--output_root={tmp_path}"], timeout=500)
+    [folder] = os.listdir(tmp_path / "serve")
+    directory = tmp_path / "serve" / folder
+    results = json.loads((directory / "results.json").read_text())
+    assert results["models"]["image"]["export"] == str(run_dir / "export" / "1")
+    for mode in ("on", "off"):
+        for level in ("1", "4"):
+            [row] = results["load"][mode]["image"][level]
+            # The timed requests are the ones asked for, every one answered.
+            assert row["answered"] == 30 and row["errors"] == 0, row
+            assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+            assert row["requests_per_second"] > 0
+    assert results["rows_per_call"]["off"] == [1.0]
+    [direct] = results["direct"]["image"]
+    assert direct["answered"] == 30 and direct["p99_ms"] > 0
+    checks = {check["check"]: check for check in results["checks"]}
+    assert checks["errors (any answer but 200), all runs"]["measured"] == 0
+    report = (directory / "report.md").read_text()
+    assert "| image | on | 4 |" in report and "| image | off | 1 |" in report
+    assert "p99 at concurrency 1" in report
+    assert set(results["p99_c1_vs_direct_without_target"]) == {"image"}
+
+
+def test_bench_serve_refuses_an_unknown_recipe(tmp_path):
+    result = run([PYTHON, "-m", "toolkit.launcher.bench_serve", "--recipes=imagenet",
+                  f"--output_root={tmp_path}"], timeout=60, check=False)
+    assert result.returncode == 2 and "recipes must be among" in result.stderr
+    assert not os.path.exists(tmp_path / "serve")

@@ -23,6 +23,7 @@ Shared by the launching machine and every worker
     ``tensorboard_server``  ``make tensorboard``, here or on rank 0's host
     ``bench``               ``make bench``: runs the measurements, writes the report
     ``bench_data``          ``make bench-data``: the data path at real sizes
+    ``bench_serve``         ``make bench-serve``: make serve under closed-loop load
     ``prepare_data``        ``make prepare-data``: scan a data source into its manifest
     ``serve``               ``make serve``: TF Serving's REST API for the exports, batched
 
