@@ -56,6 +56,13 @@ def environment():
     return env
 
 
+def show_report(directory):
+    """Print a bench's report.md and where its results are."""
+    with open(os.path.join(directory, "report.md")) as stream:
+        print(stream.read())
+    print(f"results: {directory}")
+
+
 def free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for item in sockets:

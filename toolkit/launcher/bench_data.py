@@ -451,8 +451,7 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     ratios, checks = analyse(results)
     write_report(directory, results, ratios, checks)
-    print(open(os.path.join(directory, "report.md")).read())
-    print(f"results: {directory}")
+    bench_lib.show_report(directory)
     return 0
 
 

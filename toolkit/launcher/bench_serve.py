@@ -297,7 +297,9 @@ def analyse(results):
     return checks, others
 
 
-def write_report(directory, results, checks, others):
+def write_report(directory, results):
+    """report.md and results.json, with the checks against the targets."""
+    checks, others = analyse(results)
     met = lambda value, op, target: value <= target if op == "<=" else value >= target  # noqa: E731
     lines = [f"# make bench-serve, {results['started']}", "",
              f"Machine: {os.cpu_count()} CPU cores, no GPU; client and server on it, over "
@@ -418,10 +420,8 @@ def main(argv=None):
             finally:
                 answered, calls = server.stop()
             results["rows_per_call"][mode].append(answered / max(calls, 1))
-    checks, others = analyse(results)
-    write_report(directory, results, checks, others)
-    print(open(os.path.join(directory, "report.md")).read())
-    print(f"results: {directory}")
+    write_report(directory, results)
+    bench_lib.show_report(directory)
     return 0
 
 

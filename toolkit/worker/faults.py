@@ -141,10 +141,12 @@ def before_export(faults: Faults) -> None:
     time.sleep(faults.slow_export_seconds)
 
 
-def record_examples(batches: tf.data.Dataset, example_ids: tf.data.Dataset, rank: int,
+def record_examples(batches: tf.data.Dataset,
+                    example_ids: typing.Callable[[], tf.data.Dataset], rank: int,
                     first_step: int, faults: Faults) -> tf.data.Dataset:
     """``batches`` unchanged, recording each one's example ids when ``faults`` asks for
-    it (``example_ids`` yields them batch by batch, in the same order)."""
+    it (``example_ids()`` yields them batch by batch, in the same order; it is built only
+    then, as building it costs part of a second of every start)."""
     if not faults.record_examples:
         return batches
     path = os.path.join(faults.record_examples, f"rank{rank}.jsonl")
@@ -159,4 +161,4 @@ def record_examples(batches: tf.data.Dataset, example_ids: tf.data.Dataset, rank
             return tf.nest.map_structure(tf.identity, batch)
 
     steps = tf.data.Dataset.range(first_step, first_step + 2**40)
-    return tf.data.Dataset.zip((steps, example_ids, batches)).map(recorded)
+    return tf.data.Dataset.zip((steps, example_ids(), batches)).map(recorded)

@@ -31,6 +31,7 @@ start, fit (static, or elastic when horovodrun runs in elastic mode), and summar
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -436,8 +437,8 @@ def run_fit(session: Session, data: data_lib.Data, world: distributed.World,
             progress.step_offset = first_step
         train = faults_lib.record_examples(
             data.train.batches(first_epoch, first_step, end_epoch),
-            data.train.example_ids(first_epoch, first_step, end_epoch), world.rank, step,
-            session.faults)
+            functools.partial(data.train.example_ids, first_epoch, first_step, end_epoch),
+            world.rank, step, session.faults)
         history = model.fit(train, initial_epoch=first_epoch,
                             epochs=end_epoch, steps_per_epoch=steps,
                             validation_data=data.validation, callbacks=callbacks, verbose=0)
