@@ -208,6 +208,15 @@ def event_steps(run_dir, split, tag):
             for event in accumulator.Tensors(tag)}
 
 
+def event_tags(run_dir, split):
+    """The scalar tags of a run's TensorBoard ``split``."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(os.path.join(run_dir, "tensorboard", split))
+    accumulator.Reload()
+    return set(accumulator.Tags()["tensors"])
+
+
 def tiny_arguments(recipe_name):
     """A recipe's ``tiny_overrides`` as ``--key=value`` arguments."""
     from toolkit import recipe as recipe_lib

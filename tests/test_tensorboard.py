@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from helpers import TINY_IMAGE, launch
+from helpers import TINY_IMAGE, event_steps, event_tags, launch, read_json
 
 pytestmark = pytest.mark.multiprocess
 
@@ -27,9 +27,9 @@ def get(base, path, body=None):
         return json.loads(response.read())
 
 
-@pytest.fixture
-def trained_run(tmp_path):
-    run_dir = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("tensorboard") / "run")
     launch(["--recipe=image", "--np=2", f"--run_dir={run_dir}", *TINY_IMAGE, "--epochs=2",
             "--max_steps_per_epoch=15", "--timeline=true", "--profile_steps=4,6"])
     return run_dir
@@ -84,3 +84,25 @@ def test_live_tensorboard_serves_scalars_hparams_images_and_config(trained_run):
     assert any(name.endswith(".xplane.pb") for _, _, files in os.walk(profile) for name in files)
     with open(os.path.join(trained_run, "timeline.json")) as stream:
         assert "ALLREDUCE" in stream.read()  # Horovod's timeline of this run
+
+
+def test_every_workers_cpu_and_memory_are_in_tensorboard_and_the_peaks_in_the_summary(
+        trained_run):
+    # 2 epochs of 15 steps, a sample every 5 steps (TINY_IMAGE) and at each epoch end.
+    summary = read_json(os.path.join(trained_run, "summary.json"))
+    for rank in (0, 1):
+        rss = event_steps(trained_run, "train", f"system/rss_mb/rank_{rank}")
+        assert sorted(rss) == [5, 10, 15, 20, 25, 30], (rank, rss)
+        # A worker with TensorFlow loaded holds hundreds of MB; the peak bounds every sample.
+        assert all(100 < value <= summary["peak_rss_mb_per_rank"][rank] + 1
+                   for value in rss.values()), (rank, rss, summary["peak_rss_mb_per_rank"])
+        peaks = event_steps(trained_run, "train", f"system/peak_rss_mb/rank_{rank}")
+        assert list(peaks.values()) == sorted(peaks.values())  # never falls
+        cpu = event_steps(trained_run, "train", f"system/cpu_percent/rank_{rank}")
+        assert sorted(cpu) == sorted(rss)
+        # Training keeps a worker busy: more than a tenth of a core, at most the machine.
+        assert all(10 < value <= 100 * os.cpu_count() * 1.1 for value in cpu.values()), cpu
+    # No NVIDIA GPU here: no GPU series, and no error.
+    assert not {tag for tag in event_tags(trained_run, "train") if tag.startswith("system/gpu")}
+    assert len(summary["peak_rss_mb_per_rank"]) == 2
+    assert summary["peak_gpu_memory_mb_per_rank"] == [None, None]

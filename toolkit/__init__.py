@@ -36,6 +36,7 @@ Shared by the launching machine and every worker
     ``guards``            the NaN/Inf guard and the lifeline to the launcher
     ``lr_schedules``      the learning rate: scaled, warmed up, decayed
     ``tensorboard_logs``  what rank 0 writes to TensorBoard beyond loss curves
+    ``resources``         each worker's CPU, memory and GPU use, gathered to TensorBoard
     ``export``            the SavedModel, as a TF Serving version folder
     ``warm_start``        a new run from an earlier run's weights (``init_from``)
     ``faults``            test-only fault injection (off unless a test turns it on)

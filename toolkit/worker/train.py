@@ -66,6 +66,7 @@ from toolkit.worker import export  # noqa: E402
 from toolkit.worker import faults as faults_lib  # noqa: E402
 from toolkit.worker import guards  # noqa: E402
 from toolkit.worker import lr_schedules  # noqa: E402
+from toolkit.worker import resources as resources_lib  # noqa: E402
 from toolkit.worker import runtime  # noqa: E402
 from toolkit.worker import tensorboard_logs  # noqa: E402
 from toolkit.worker import warm_start  # noqa: E402
@@ -115,6 +116,7 @@ class Session:
     random_generators: typing.List[tf.random.Generator]  # dropout's, when deterministic
     faults: faults_lib.Faults  # test hooks, all off in real runs
     first_step: callbacks_lib.FirstStep  # when the first training step ended
+    resource_sampler: resources_lib.Sampler  # this process's CPU, memory and GPU use
 
 
 @dataclasses.dataclass
@@ -280,7 +282,8 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                    checkpointer=checkpointer,
                    watchdog=watchdog,
                    random_generators=checkpoints.random_generators(model), faults=faults,
-                   first_step=callbacks_lib.FirstStep(announce=world.is_chief))
+                   first_step=callbacks_lib.FirstStep(announce=world.is_chief),
+                   resource_sampler=resources_lib.Sampler(world.local_rank))
 
 
 # ------------------------------------------------------------------ 3. restore or start
@@ -391,6 +394,9 @@ def make_callbacks(session: Session, world: distributed.World,
     fresh_start = position.global_step == 0 and not distributed.elastic_enabled()
     callbacks = distributed.first_callbacks(fresh_start=fresh_start) + list(extra_collectives) + [
         session.watchdog, nonfinite, throughput, session.first_step,
+        resources_lib.ResourceMetrics(
+            session.resource_sampler, config.log_every_steps,
+            os.path.join(paths.tensorboard, "train") if world.is_chief else None),
         callbacks_lib.Checkpointing(session.checkpointer if world.is_chief else None,
                                     config.checkpoint_every_steps, session.steps_per_epoch,
                                     distributed.average_non_trainable,
@@ -567,10 +573,12 @@ def worker_identity(world: distributed.World) -> typing.Dict[str, typing.Any]:
 
 
 def worker_resources(session: Session) -> typing.Dict[str, typing.Any]:
-    """This worker's peak resident memory, time to its first step and the unusable files
-    it met while loading."""
+    """This worker's peak resident and GPU memory, time to its first step and the
+    unusable files it met while loading."""
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_gpu_mb = session.resource_sampler.peak_gpu_memory_mb
     return {"peak_rss_mb": round(peak_kb / 1024, 1),
+            "peak_gpu_memory_mb": None if peak_gpu_mb is None else round(peak_gpu_mb, 1),
             "seconds_to_first_step": session.first_step.seconds,
             "unusable_files": list(data_lib.UNUSABLE_FILES)}
 
@@ -685,6 +693,8 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
         # From the launch (or this worker's start) to the end of the first training step.
         "seconds_to_first_step": resources[0]["seconds_to_first_step"],
         "peak_rss_mb_per_rank": [rank["peak_rss_mb"] for rank in resources],
+        # Sampled every log_every_steps (None without an NVIDIA GPU).
+        "peak_gpu_memory_mb_per_rank": [rank["peak_gpu_memory_mb"] for rank in resources],
         "unusable_files_skipped": len(unusable),
         "unusable_files_skipped_examples": unusable[:20],
     }
