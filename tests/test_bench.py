@@ -39,6 +39,18 @@ def test_bench_measures_every_configuration_and_writes_its_report(tmp_path):
     report = (directory / "report.md").read_text()
     assert "| scaling_efficiency_np2 |" in report and ">= 0.85" in report
     assert "samples/s" in result.stdout
+    # The projection: checked against the published points, then drawn from this model.
+    projected = results["projection"]
+    base = next(row for row in results["rows"] if row["name"] == "ours-synthetic-np1")
+    assert not projected["withheld"] and len(projected["validation"]) == 3
+    assert projected["inputs"]["compute_ms"] == base["step_ms_mean"]
+    # Batch-norm statistics are weights but not gradients.
+    assert 0 < projected["inputs"]["gradient_bytes"] < projected["inputs"]["weight_bytes"]
+    assert len(projected["rows"]) == 3 * 4 * 3  # GPUs x networks x modes
+    assert all(0 < row["efficiency"] <= 1 for row in projected["rows"])
+    assert "## Projection to 8-512 GPUs" in report and "| VGG-16 | 512 |" in report
+    assert "| 512 | 25 Gb/s |" in report
+    assert (directory / "projection.png").stat().st_size > 0
 
 
 @pytest.mark.timeout(600)

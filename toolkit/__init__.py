@@ -22,6 +22,7 @@ Shared by the launching machine and every worker
     ``job_files``           Slurm scripts and Kubeflow MPIJobs
     ``tensorboard_server``  ``make tensorboard``, here or on rank 0's host
     ``bench``               ``make bench``: runs the measurements, writes the report
+    ``scaling_projection``  ``make bench``'s projection to 8-512 GPUs, checked first
     ``bench_data``          ``make bench-data``: the data path at real sizes
     ``bench_serve``         ``make bench-serve``: make serve under closed-loop load
     ``prepare_data``        ``make prepare-data``: scan a data source into its manifest

@@ -17,6 +17,11 @@ because a shared machine drifts; the report gives medians and the spread (min..m
 * the input pipeline alone, one worker's shard at the largest NP: could it feed the
   model?
 
+Then a projection of step time and efficiency at 8, 64 and 512 GPUs on 10 to 400 Gb/s
+networks (see toolkit.launcher.scaling_projection), from the model's gradient bytes and a
+step's compute time: this machine's (NP=1, one core) or ``--gpu_step_ms``'s. It is shown
+only when the same cost model reproduces Horovod's published 512-GPU results.
+
 Scaling efficiency at NP=n is samples/s at n divided by n x samples/s at NP=1. Results go
 to ``bench/<recipe>/<timestamp>/``: results.json, report.md, scaling.png, tensorboard/.
 """
@@ -39,6 +44,7 @@ from toolkit import log_noise
 from toolkit import recipe as recipe_lib
 from toolkit import launcher
 from toolkit.launcher import hostfile as hostfile_lib
+from toolkit.launcher import scaling_projection
 
 PROJECT_ROOT = toolkit.PROJECT_ROOT
 TARGETS = {  # the issue's targets for the image recipe on a 2-core machine
@@ -166,7 +172,8 @@ def summarise(spec, results):
     rates = [global_batch / statistics.mean(result["step_seconds"]) for result in good]
     all_steps = np.concatenate([result["step_seconds"] for result in good])
     workers = 1 if spec["mode"] == "pipeline" else good[0]["workers"]
-    return dict(spec, repeats=len(good), global_batch=global_batch,
+    sizes = {key: good[0][key] for key in ("gradient_bytes", "weight_bytes") if key in good[0]}
+    return dict(spec, **sizes, repeats=len(good), global_batch=global_batch,
                 samples_per_second=float(np.median(rates)),
                 samples_per_second_min=float(min(rates)),
                 samples_per_second_max=float(max(rates)),
@@ -210,7 +217,28 @@ def analyse(rows, options):
     return ratios
 
 
-def write_report(directory, options, rows, ratios, knobs):
+def projection(rows, options):
+    """The scaling projection (scaling_projection.report_lines' inputs and rows), from the
+    synthetic NP=1 run: its gradient and weight bytes, and its step time unless
+    ``--gpu_step_ms`` gives one."""
+    base = next((row for row in rows if row["name"] == "ours-synthetic-np1"
+                 and "samples_per_second" in row), None)
+    if base is None:
+        return None
+    if options.gpu_step_ms:
+        compute_ms, source = options.gpu_step_ms, "--gpu_step_ms"
+    else:
+        compute_ms, source = base["step_ms_mean"], "measured here: NP=1, one CPU core"
+    inputs = {"gradient_bytes": base["gradient_bytes"], "weight_bytes": base["weight_bytes"],
+              "compute_ms": compute_ms, "compute_source": source}
+    valid = scaling_projection.validation()
+    withheld = not all(row["within_tolerance"] for row in valid)
+    return {"inputs": inputs, "validation": valid, "withheld": withheld,
+            "rows": [] if withheld else scaling_projection.project(
+                inputs["gradient_bytes"], inputs["weight_bytes"], compute_ms / 1000)}
+
+
+def write_report(directory, options, rows, ratios, knobs, projected):
     lines = [f"# Benchmark: recipe `{options.recipe}`", "",
              f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {len(os.sched_getaffinity(0))} CPU "
              f"cores, {options.repeats} repeats per configuration (interleaved), "
@@ -246,6 +274,9 @@ def write_report(directory, options, rows, ratios, knobs):
                      f"{verdict} |")
     lines += ["", "Targets are the issue's, set for the image recipe on a 2-core machine.", "",
               "## Horovod settings", ""] + [f"- {key}: {value}" for key, value in knobs.items()]
+    if projected is not None:
+        lines += [""] + scaling_projection.report_lines(
+            projected["validation"], projected["rows"], projected["inputs"])
     with open(os.path.join(directory, "report.md"), "w") as stream:
         stream.write("\n".join(lines) + "\n")
 
@@ -310,6 +341,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--hostfile", default="")
+    parser.add_argument("--gpu_step_ms", type=float, default=0.0,
+                        help="a step's compute time on one GPU, for the scaling projection "
+                             "(default: this machine's, NP=1 on one core)")
     parser.add_argument("--output_root", default=os.path.join(PROJECT_ROOT, "bench"))
     options, rest = parser.parse_known_args(argv)
     try:
@@ -321,6 +355,9 @@ def main(argv=None):
         options.np = counts
         if options.repeats < 1 or options.steps < 1 or options.warmup < 1:
             raise errors.LaunchError("repeats, steps and warmup must be >= 1")
+        if options.gpu_step_ms < 0:
+            raise errors.LaunchError(f"--gpu_step_ms must be a positive number of "
+                                     f"milliseconds, got {options.gpu_step_ms}")
         with log_noise.hidden(verbose=False):
             recipe = recipe_lib.get(options.recipe)
         options.overrides = config_lib.split_overrides(rest)
@@ -345,6 +382,7 @@ def main(argv=None):
                   flush=True)
     rows = [summarise(item, results[item["name"]]) for item in items]
     ratios = analyse(rows, options)
+    projected = projection(rows, options)
     knobs = {key: getattr(config, key) for key in (
         "batch_size_per_worker", "fusion_threshold_mb", "cycle_time_ms", "fp16_allreduce",
         "backward_passes_per_step", "adasum", "autotune", "mixed_precision", "jit_compile")}
@@ -352,9 +390,11 @@ def main(argv=None):
         json.dump({"recipe": recipe.name, "np": options.np, "repeats": options.repeats,
                    "steps": options.steps, "warmup": options.warmup, "rows": rows,
                    "ratios": ratios, "targets": TARGETS, "config": knobs,
-                   "raw": results}, stream, indent=2)
-    write_report(directory, options, rows, ratios, knobs)
+                   "projection": projected, "raw": results}, stream, indent=2)
+    write_report(directory, options, rows, ratios, knobs, projected)
     plot(directory, options, rows)
+    if projected and not projected["withheld"]:
+        scaling_projection.plot(os.path.join(directory, "projection.png"), projected["rows"])
     write_tensorboard(directory, rows, ratios)
     with open(os.path.join(directory, "report.md")) as stream:
         print(stream.read())

@@ -65,11 +65,19 @@ def training_data(data, kind):
     return endless_batches(data)
 
 
-def report(mode, options, times, world_size, batch_size_per_worker):
+def report(mode, options, times, world_size, batch_size_per_worker, model=None):
+    sizes = {}
+    if model is not None:  # what an all-reduce moves: make bench's scaling projection
+        sizes = {"gradient_bytes": _bytes(model.trainable_variables),
+                 "weight_bytes": _bytes(model.variables)}
     print("RESULT " + json.dumps({
         "mode": mode, "data": options.data, "workers": world_size, "threads": options.threads,
-        "pinned": bool(options.pin),
-        "batch_size_per_worker": batch_size_per_worker, "step_seconds": times}), flush=True)
+        "pinned": bool(options.pin), "batch_size_per_worker": batch_size_per_worker,
+        "step_seconds": times, **sizes}), flush=True)
+
+
+def _bytes(variables):
+    return int(sum(variable.shape.num_elements() * variable.dtype.size for variable in variables))
 
 
 def run_ours(options, recipe, config):
@@ -93,7 +101,7 @@ def run_ours(options, recipe, config):
     model.fit(training_data(data, options.data), steps_per_epoch=options.warmup + options.steps,
               epochs=1, verbose=0, callbacks=distributed.first_callbacks() + [timer])
     if world.is_chief:
-        report("ours", options, timer.times, world.size, config.batch_size_per_worker)
+        report("ours", options, timer.times, world.size, config.batch_size_per_worker, model)
 
 
 def build_plain(recipe, config, data):
