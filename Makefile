@@ -32,6 +32,8 @@ TEST_ARGS ?=## extra pytest arguments, e.g. TEST_ARGS="-k resume"
 REPEATS ?= 3## make bench: repeats of every configuration
 STEPS ?= 40## make bench: timed steps per repeat
 WARMUP ?= 10## make bench: untimed steps first
+SYNC ?=## make bench: local_sgd also measures local SGD (LOCAL_STEPS, default 16)
+LOCAL_STEPS ?=## make bench SYNC=local_sgd: steps between averagings
 NODES ?= 2## make slurm / mpijob: nodes
 GPUS_PER_NODE ?= 8## make slurm / mpijob: GPUs (workers) per node
 IMAGE ?=## make mpijob: the container image
@@ -160,6 +162,7 @@ prepare-data: setup ## scan RECIPE's data (ARGS) once into a manifest, before bi
 bench: setup ## throughput, scaling and peers for NP="1 2 ...": bench/<recipe>/<time>/
 	$(VENV_PYTHON) -m toolkit.launcher.bench --recipe=$(RECIPE) --np="$(or $(NP),1 2)" \
 	  --repeats=$(REPEATS) --steps=$(STEPS) --warmup=$(WARMUP) \
+	  $(if $(filter local_sgd,$(SYNC)),--local_sgd=$(or $(LOCAL_STEPS),16)) \
 	  $(if $(HOSTFILE),--hostfile=$(HOSTFILE)) $(ARGS)
 
 # Generates its data sets once in .cache/bench-data (about 1 GB, a few minutes).

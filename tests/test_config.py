@@ -64,6 +64,16 @@ def test_steps_that_would_split_an_accumulated_update_are_rejected(key):
     config_lib.build(image.ImageConfig, {"backward_passes_per_step": "2", key: "6"})
 
 
+@pytest.mark.parametrize("key, value", [("backward_passes_per_step", "2"), ("adasum", "true")])
+def test_local_sgd_refuses_what_would_change_its_all_reduce(key, value):
+    with pytest.raises(errors.ConfigError) as error:
+        config_lib.build(image.ImageConfig, {"sync": "local_sgd", key: value})
+    assert key in str(error.value) and "sync=local_sgd" in str(error.value)
+    config_lib.build(image.ImageConfig, {key: value})  # fine when synchronous
+    with pytest.raises(errors.ConfigError, match="local_steps"):
+        config_lib.build(image.ImageConfig, {"sync": "local_sgd", "local_steps": "0"})
+
+
 def test_override_syntax_is_checked():
     assert config_lib.split_overrides(["--epochs=2", "--data-dir=/x=y"]) == {
         "epochs": "2", "data_dir": "/x=y"}

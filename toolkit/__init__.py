@@ -34,6 +34,7 @@ Shared by the launching machine and every worker
     ``runtime``           threads, devices, precision, seeds, Horovod's environment
     ``callbacks``         throughput, progress, step scalars, checkpointing
     ``checkpoints``       atomic checkpoints and the run's position
+    ``local_sgd``         how workers agree: gradients every step, or local SGD
     ``guards``            the NaN/Inf guard and the lifeline to the launcher
     ``lr_schedules``      the learning rate: scaled, warmed up, decayed
     ``tensorboard_logs``  what rank 0 writes to TensorBoard beyond loss curves

@@ -64,6 +64,14 @@ class TrainConfig:
     intra_op_threads: int = 0  # 0 = CPU cores / local workers, so workers share cores
     inter_op_threads: int = 0  # 0 = 1 when a worker has one core, else 2
 
+    # How workers agree (README, "Local SGD"): allreduce = gradients averaged every step;
+    # local_sgd = each worker steps alone on its shard and the weights are averaged every
+    # local_steps steps, after local_sgd_warmup_epochs of synchronous steps (post-local
+    # SGD, Lin et al. 2020): local_steps times fewer all-reduces.
+    sync: typing.Literal["allreduce", "local_sgd"] = "allreduce"
+    local_steps: int = 16
+    local_sgd_warmup_epochs: float = 0.0
+
     # Horovod allreduce knobs (see toolkit/worker/distributed.py).
     fp16_allreduce: bool = False  # halves allreduce bytes at some precision cost
     # >1: accumulate the gradients of this many batches locally, then all-reduce once and
@@ -128,6 +136,15 @@ class TrainConfig:
                     "global_batch_size"):
             require(self, key, getattr(self, key) >= 0, "an integer >= 0")
         require(self, "allreduce_groups", self.allreduce_groups >= 0, "an integer >= 0")
+        require(self, "local_steps", self.local_steps >= 1, "an integer >= 1")
+        require(self, "local_sgd_warmup_epochs", self.local_sgd_warmup_epochs >= 0,
+                "a number >= 0")
+        if self.sync == "local_sgd":
+            # Both change what is all-reduced every step, which local SGD does not do.
+            require(self, "backward_passes_per_step", self.backward_passes_per_step == 1,
+                    "1 with sync=local_sgd (its local steps already replace accumulation)")
+            require(self, "adasum", not self.adasum,
+                    "false with sync=local_sgd (the weights are averaged, not Adasum-combined)")
         for key in ("fusion_threshold_mb", "cycle_time_ms"):
             require(self, key, getattr(self, key) >= 0, "a number >= 0 (0 = Horovod's default)")
         if self.profile_steps:

@@ -82,6 +82,8 @@ def _bytes(variables):
 
 def run_ours(options, recipe, config):
     from toolkit.worker import distributed
+    from toolkit.worker import guards
+    from toolkit.worker import local_sgd
     from toolkit.worker import train
 
     config = config_lib.build(recipe.config_class, dict(
@@ -94,12 +96,18 @@ def run_ours(options, recipe, config):
     config = train.for_world(config, world)
     data = recipe.build_data(config, world.shard())
     steps_per_epoch = max(1, data.train.steps_per_epoch)
-    model, optimizer, _ = train.build_training(
-        recipe, config, data, lr_schedules.build(config, scale, steps_per_epoch))
+    # --sync=local_sgd measures local SGD: the trainer's synchronisation, as in a run.
+    sync = local_sgd.Synchronisation(config, steps_per_epoch)
+    model, optimizer, guard = train.build_training(
+        recipe, config, data, lr_schedules.build(config, scale, steps_per_epoch),
+        sync.gradients if sync.local else None)
     distributed.broadcast_variables(model.variables + list(optimizer.variables))
     timer = StepTimer(options.warmup)
+    nonfinite = guards.NonFiniteCallback(guard, "skip", agreed=sync.local)
+    callbacks = distributed.first_callbacks(fresh_start=not sync.local,
+                                            synchronise=sync.synchronise)
     model.fit(training_data(data, options.data), steps_per_epoch=options.warmup + options.steps,
-              epochs=1, verbose=0, callbacks=distributed.first_callbacks() + [timer])
+              epochs=1, verbose=0, callbacks=callbacks + [sync.callback(nonfinite), timer])
     if world.is_chief:
         report("ours", options, timer.times, world.size, config.batch_size_per_worker, model)
 

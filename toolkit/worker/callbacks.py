@@ -162,8 +162,8 @@ class Checkpointing(keras.callbacks.Callback):
     """Checkpoints at every epoch end and, with ``every_steps``, every that many steps.
 
     Runs on every rank: before a mid-epoch checkpoint all ranks call ``synchronise(model)``
-    (a collective that averages batch-norm statistics), so the saved state is the state of
-    every rank and a run resumed from it continues exactly as the uninterrupted one would.
+    (a collective that averages batch-norm statistics, or under local SGD the whole
+    model and optimizer state), so the saved state is the state of every rank and a run resumed from it continues exactly as the uninterrupted one would.
     At epoch ends the statistics were already averaged before validation. Before every
     checkpoint all ranks also call ``gather_random_states()`` (a collective: every rank's
     dropout generator states, which differ per rank). Only the chief writes; the others
@@ -191,8 +191,10 @@ class Checkpointing(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
+        # A run stopped at this step (NaN: every rank sets stop_training at the same step)
+        # keeps its last good checkpoint.
         if (not self.every_steps or self.step % self.every_steps
-                or self.step % self.steps_per_epoch == 0):
+                or self.step % self.steps_per_epoch == 0 or self.model.stop_training):
             return
         self.synchronise(self.model)
         self._save(self.step // self.steps_per_epoch)

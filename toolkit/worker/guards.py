@@ -77,17 +77,33 @@ class NonFiniteGuard:
 
 class NonFiniteCallback(keras.callbacks.Callback):
     """On every rank: stop training at the first skipped step (``mode="stop"``), or let
-    training carry on and count skipped steps (``mode="skip"``)."""
+    training carry on and count skipped steps (``mode="skip"``).
 
-    def __init__(self, guard, mode):
+    With ``agreed=True`` (local SGD: each worker checks its own gradients) no rank stops
+    alone, which would leave the others waiting in their next collective; the ranks'
+    verdicts are gathered at each averaging point and handed to :meth:`agree`."""
+
+    def __init__(self, guard, mode, agreed=False):
         super().__init__()
         self.guard = guard
         self.mode = mode
+        self.agreed = agreed
         self.stopped_at = None
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.mode == "stop" and self.stopped_at is None and int(self.guard.skipped_steps) > 0:
-            self.stopped_at = int(self.guard.first_bad_step)
+        if not self.agreed:
+            self.agree([self.local_verdict()])
+
+    def local_verdict(self):
+        """(steps skipped, first skipped step or -1) on this rank."""
+        return int(self.guard.skipped_steps), int(self.guard.first_bad_step)
+
+    def agree(self, verdicts):
+        """Stop (``mode="stop"``) when any of ``verdicts`` skipped a step; every rank
+        calls this with the same verdicts at the same step."""
+        firsts = [first for skipped, first in verdicts if skipped > 0]
+        if self.mode == "stop" and self.stopped_at is None and firsts:
+            self.stopped_at = min(firsts)
             self.model.stop_training = True
 
 

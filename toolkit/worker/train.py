@@ -65,6 +65,7 @@ from toolkit.worker import distributed  # noqa: E402
 from toolkit.worker import export  # noqa: E402
 from toolkit.worker import faults as faults_lib  # noqa: E402
 from toolkit.worker import guards  # noqa: E402
+from toolkit.worker import local_sgd  # noqa: E402
 from toolkit.worker import lr_schedules  # noqa: E402
 from toolkit.worker import resources as resources_lib  # noqa: E402
 from toolkit.worker import runtime  # noqa: E402
@@ -111,6 +112,7 @@ class Session:
     optimizer: keras.optimizers.Optimizer
     schedule: lr_schedules.WarmupDecay  # the learning rate, a function of the step counter
     guard: guards.NonFiniteGuard
+    sync: local_sgd.Synchronisation  # gradients every step, or local SGD
     checkpointer: checkpoints.Checkpointer
     watchdog: guards.StallWatchdog  # one per process: its thread outlives elastic resets
     random_generators: typing.List[tf.random.Generator]  # dropout's, when deterministic
@@ -223,13 +225,15 @@ def prepare_data(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
 
 def build_training(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
                    data: data_lib.Data, schedule: lr_schedules.WarmupDecay,
+                   gradient_sync: typing.Optional[distributed.GradientSync] = None,
                    ) -> typing.Tuple[keras.Model, keras.optimizers.Optimizer,
                                      guards.NonFiniteGuard]:
     """The compiled model, its Horovod-wrapped optimizer (with the learning-rate
-    ``schedule``) and the non-finite guard."""
+    ``schedule``; all-reducing gradients while ``gradient_sync`` says so) and the
+    non-finite guard."""
     model = recipe.build_model(config, data)
     optimizer = distributed.wrap_optimizer(lr_schedules.build_optimizer(config, schedule),
-                                           config)
+                                           config, gradient_sync)
     guard = guards.NonFiniteGuard(optimizer)
     if config.jit_compile:
         # XLA compiles the model's forward and backward pass only. Compiling the whole train
@@ -250,6 +254,8 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                   faults: faults_lib.Faults) -> Session:
     """Check the run folder, build this worker's data, the model and the checkpointer."""
     elastic = distributed.elastic_enabled()
+    if elastic and user_config.sync == "local_sgd":
+        raise errors.ConfigError("elastic runs do not work with sync=local_sgd yet")
     config_dict = config_lib.to_dict(user_config)
     check_run_folder(world, recipe, paths, config_dict, elastic)
     config = for_world(user_config, world)
@@ -262,7 +268,9 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
     # on any number of workers, so a worker that joins a larger world uses the run's.
     schedule = lr_schedules.build(config, lr_schedules.batch_scale(user_config, world.size),
                                   steps_per_epoch)
-    model, optimizer, guard = build_training(recipe, config, data, schedule)
+    sync = local_sgd.Synchronisation(config, steps_per_epoch)
+    model, optimizer, guard = build_training(recipe, config, data, schedule,
+                                             sync.gradients if sync.local else None)
     runtime.seed_per_rank(config.seed, world.rank, model)
     faults_lib.install_in_model(model, world.rank, faults)
     plan = checkpoints.Plan(examples_per_epoch=data.train.num_examples,
@@ -278,7 +286,7 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                                     config.stall_shutdown_seconds)
     return Session(recipe=recipe, config=config, config_dict=config_dict, paths=paths,
                    runtime=chosen_runtime, data=data, steps_per_epoch=steps_per_epoch,
-                   model=model, optimizer=optimizer, schedule=schedule, guard=guard,
+                   model=model, optimizer=optimizer, schedule=schedule, guard=guard, sync=sync,
                    checkpointer=checkpointer,
                    watchdog=watchdog,
                    random_generators=checkpoints.random_generators(model), faults=faults,
@@ -390,16 +398,23 @@ def make_callbacks(session: Session, world: distributed.World,
     every rank must run (some perform collectives); then rank-0-only writers."""
     config, paths = session.config, session.paths
     throughput = callbacks_lib.Throughput(config.batch_size_per_worker * world.size, world.size)
-    nonfinite = guards.NonFiniteCallback(session.guard, config.on_nonfinite)
-    fresh_start = position.global_step == 0 and not distributed.elastic_enabled()
-    callbacks = distributed.first_callbacks(fresh_start=fresh_start) + list(extra_collectives) + [
-        session.watchdog, nonfinite, throughput, session.first_step,
+    nonfinite = guards.NonFiniteCallback(session.guard, config.on_nonfinite,
+                                         agreed=session.sync.local)
+    # Horovod's broadcast after the first batch (see first_callbacks) would undo a first
+    # step taken locally; under local SGD the broadcast before training is the only one.
+    fresh_start = (position.global_step == 0 and not distributed.elastic_enabled()
+                   and not session.sync.local)
+    callbacks = distributed.first_callbacks(
+        fresh_start=fresh_start, synchronise=session.sync.synchronise) + list(
+        extra_collectives) + [
+        session.watchdog, nonfinite, session.sync.callback(nonfinite), throughput,
+        session.first_step,
         resources_lib.ResourceMetrics(
             session.resource_sampler, config.log_every_steps,
             os.path.join(paths.tensorboard, "train") if world.is_chief else None),
         callbacks_lib.Checkpointing(session.checkpointer if world.is_chief else None,
                                     config.checkpoint_every_steps, session.steps_per_epoch,
-                                    distributed.average_non_trainable,
+                                    session.sync.synchronise,
                                     lambda: gather_random_states(session),
                                     lambda work: distributed.run_on_chief(
                                         world, work, on_wait=session.watchdog.waited))]
