@@ -44,7 +44,7 @@ def _traced_without_autograph(function):
 # every start on this machine, per worker. That code branches on tensors only through
 # tf.cond (its Python ifs test Python values: None gradients, dtypes, sizes), so it traces
 # as it is. Both modules look the helper up as a module global when they build the
-# function; set here, before any optimizer is wrapped. tests/test_distributed_unit.py
+# function; set here, before any optimizer is wrapped. tests/test_multiprocess.py
 # checks that a wrapped optimizer's allreduce is traced without AutoGraph.
 hvd_tf._make_subgraph = _traced_without_autograph
 hvd_tf_functions._make_subgraph = _traced_without_autograph
