@@ -93,6 +93,9 @@ class SynchronisationCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.step = int(self.model.optimizer.iterations.numpy())
+        self.gradient_bytes = int(self.sync.gradient_bytes_factor * sum(
+            variable.shape.num_elements() * variable.dtype.size
+            for variable in self.model.trainable_variables))
         # Before the first call of this fit's train function, which traces it.
         self.sync.gradients.every_step = self.sync.synchronous_at(self.step + 1)
 
@@ -104,9 +107,7 @@ class SynchronisationCallback(keras.callbacks.Callback):
         sync = self.sync
         if sync.synchronous_at(self.step):
             sync.rounds += 1
-            sync.bytes += int(sync.gradient_bytes_factor * sum(
-                variable.shape.num_elements() * variable.dtype.size
-                for variable in self.model.trainable_variables))
+            sync.bytes += self.gradient_bytes
         if sync.gradients.every_step and not sync.synchronous_at(self.step + 1):
             # The warm-up is over: trace the step again without the gradient all-reduce.
             sync.gradients.every_step = False
