@@ -116,3 +116,42 @@ def test_a_run_folder_the_workers_refuse_stops_the_whole_elastic_job(tmp_path):
     assert "the elastic job was stopped" in result.stderr
     assert json.loads((run_dir / "config.json").read_text()) == previous  # untouched
     assert sorted(os.listdir(run_dir)) == ["config.json"]
+
+
+@pytest.mark.timeout(480)
+def test_a_local_sgd_run_that_loses_a_worker_goes_on_from_an_averaging_point(tmp_path):
+    """Local SGD, three workers averaging every 4 steps, commits asked every 6 steps; one
+    worker is killed. The survivors must go back to a commit taken where the weights had
+    just been averaged (a multiple of 4, or an epoch end), all hold the same weights, and
+    finish the plan."""
+    names = three_local_host_names()
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("".join(f"{name} slots=1\n" for name in names))
+    run_dir = str(tmp_path / "local_sgd")
+    epochs, steps, local_steps = 3, 30, 4
+    process = start_launch(
+        ["--recipe=image", "--np=3", f"--hostfile={hostfile}",
+         "--elastic", "--min_np=2", "--max_np=3", f"--run_dir={run_dir}",
+         "--global_batch_size=96", "--batch_size_per_worker=32", f"--epochs={epochs}",
+         f"--max_steps_per_epoch={steps}", "--max_validation_examples=300",
+         "--sync=local_sgd", f"--local_steps={local_steps}", "--elastic_commit_steps=6",
+         "--checkpoint_every_steps=6", "--intra_op_threads=1", "--export=false"])
+    try:
+        assert wait_for(lambda: len(worker_pids(run_dir)) == 3, timeout=180)
+        assert wait_for(lambda: max(checkpoint_steps(run_dir), default=0) >= 14,
+                        timeout=240)
+        # Its host is set aside for good; the other two hosts are enough (MIN_NP=2).
+        os.kill(worker_pids(run_dir)[2], signal.SIGKILL)
+        output, _ = process.communicate(timeout=400)
+    finally:
+        kill_session(process)
+    assert process.returncode == 0, output[-5000:]
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    resets = summary["elastic_resets"]
+    assert [reset["world_size"] for reset in resets] == [3, 2], resets
+    restart = resets[1]["global_step"]
+    assert restart > 0 and (restart % local_steps == 0 or restart % steps == 0), resets
+    assert all(reset["weights_identical_on_all_ranks"] for reset in resets), resets
+    assert summary["global_steps"] == summary["planned_global_steps"] == epochs * steps
+    assert summary["weights_identical_on_all_ranks"]
+    assert summary["validation"]["accuracy"] > 0.5

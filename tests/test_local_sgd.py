@@ -136,3 +136,17 @@ def test_a_nan_on_one_worker_stops_every_worker_at_the_next_averaging(tmp_path):
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     assert latest.endswith("ckpt-12"), latest
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+
+
+@pytest.mark.timeout(300)
+def test_nan_steps_skipped_under_local_sgd_are_counted_for_each_worker(tmp_path):
+    """With on_nonfinite=skip, rank 1 alone skips step 13; the run goes on and
+    summary.json counts the skip where it happened."""
+    run_dir = str(tmp_path / "skip")
+    launch(COMMON + ["--sync=local_sgd", "--local_steps=4", "--on_nonfinite=skip",
+                     f"--run_dir={run_dir}"], timeout=300, env=faults(nan_at_step=13, nan_rank=1))
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["nonfinite_steps_skipped_per_rank"] == [0, 1]
+    assert summary["nonfinite_steps_skipped"] == 1
+    assert summary["global_steps"] == summary["planned_global_steps"] == 2 * STEPS_PER_EPOCH
+    assert summary["weights_identical_on_all_ranks"]

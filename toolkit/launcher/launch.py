@@ -129,10 +129,6 @@ def check_elastic(options, hosts, np, config):
     """Elastic settings make sense together, and the fixed global batch splits evenly."""
     if not options.elastic:
         return
-    if config.sync == "local_sgd":
-        raise errors.LaunchError("ELASTIC=1 does not work with --sync=local_sgd yet (its "
-                                 "commits would have to fall on averaging points); use "
-                                 "--sync=allreduce, or a static run, which resumes exactly")
     if not (options.hostfile or options.discovery_script):
         raise errors.LaunchError("ELASTIC=1 needs HOSTFILE (re-read while the run goes on: edit "
                                  "it to add or remove hosts) or DISCOVERY_SCRIPT; a single host "

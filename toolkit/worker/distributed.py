@@ -389,8 +389,27 @@ def elastic_run(function):
     return hvd.elastic.run(translated)
 
 
-def commit_callback(state, every_steps):
-    """Commit the elastic state every ``every_steps`` batches and at each epoch end; a
-    commit is also where workers learn that hosts were added and reset to take them in."""
-    # Horovod: elastic commit callback.
-    return hvd.elastic.CommitStateCallback(state, batches_per_commit=every_steps)
+class CommitCallback(tf_keras.callbacks.Callback):
+    """Commit the elastic state after every global step that is a multiple of
+    ``every_steps``, and at each epoch end. A commit is also where workers learn that hosts
+    were added, and reset to take them in (a collective: every rank commits together).
+
+    Horovod's ``CommitStateCallback`` counts batches from the start of each fit, so after
+    a reset its commits drift off the steps where updates (``backward_passes_per_step``)
+    or local SGD's averagings fall; counting global steps keeps them there."""
+
+    def __init__(self, state, every_steps: int):
+        super().__init__()
+        self.state = state
+        self.every_steps = every_steps
+
+    def on_train_begin(self, logs=None):
+        self.step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every_steps == 0:
+            self.state.commit()  # Horovod: save the state in memory, check for host changes
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state.commit()

@@ -22,8 +22,11 @@ grouped all-reduce every K steps instead of one every step.
 * **Non-finite gradients** are caught per worker (the step is not applied); whether the
   run stops (``on_nonfinite=stop``) is decided together at the next averaging point,
   where every worker learns every other's count.
-* **Elastic runs** are refused for now (their commits would have to fall on averaging
-  points).
+* **Elastic runs** commit their in-memory state only at averaging points (every
+  ``elastic_commit_steps`` rounded up to a multiple of K, counted in global steps, and at
+  epoch ends, where everything was averaged), so the weights a reset goes back to are the
+  workers' average. The optimizer slots committed mid-epoch are each worker's own; after
+  a reset every worker takes rank 0's, as Horovod's elastic state does for everything.
 
 ``Synchronisation`` holds the mode for a session; its callback (every rank) switches the
 gradient all-reduce off after the warm-up, averages every K steps and counts what was
@@ -52,6 +55,12 @@ class Synchronisation:
         self.gradients = distributed.GradientSync()
         self.rounds = 0  # model all-reduces this epoch
         self.bytes = 0
+
+    def commit_every(self, requested: int, backward_passes_per_step: int) -> int:
+        """Steps between elastic commits: ``requested`` rounded up to a multiple of the
+        steps between updates, or under local SGD between averagings."""
+        unit = self.local_steps if self.local else backward_passes_per_step
+        return -(-requested // unit) * unit
 
     def synchronous_at(self, step: int) -> bool:
         """Whether the step numbered ``step`` (1-based) all-reduces its gradients."""

@@ -254,8 +254,6 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                   faults: faults_lib.Faults) -> Session:
     """Check the run folder, build this worker's data, the model and the checkpointer."""
     elastic = distributed.elastic_enabled()
-    if elastic and user_config.sync == "local_sgd":
-        raise errors.ConfigError("elastic runs do not work with sync=local_sgd yet")
     config_dict = config_lib.to_dict(user_config)
     check_run_folder(world, recipe, paths, config_dict, elastic)
     config = for_world(user_config, world)
@@ -405,10 +403,9 @@ def make_callbacks(session: Session, world: distributed.World,
     fresh_start = (position.global_step == 0 and not distributed.elastic_enabled()
                    and not session.sync.local)
     callbacks = distributed.first_callbacks(
-        fresh_start=fresh_start, synchronise=session.sync.synchronise) + list(
-        extra_collectives) + [
-        session.watchdog, nonfinite, session.sync.callback(nonfinite), throughput,
-        session.first_step,
+        fresh_start=fresh_start, synchronise=session.sync.synchronise) + [
+        session.watchdog, nonfinite, session.sync.callback(nonfinite)] + list(
+        extra_collectives) + [throughput, session.first_step,
         resources_lib.ResourceMetrics(
             session.resource_sampler, config.log_every_steps,
             os.path.join(paths.tensorboard, "train") if world.is_chief else None),
@@ -561,9 +558,10 @@ class ElasticFit:
         if world.is_chief:
             write_run_config(session, world, workers, data,
                              self.restored if first_start else position)
-        # Commits fall between updates (see backward_passes_per_step).
-        updates = -(-config.elastic_commit_steps // config.backward_passes_per_step)
-        commit = distributed.commit_callback(state, updates * config.backward_passes_per_step)
+        # Commits fall between updates (see backward_passes_per_step), and under local SGD
+        # after averagings (the commit callback runs after the synchronisation's).
+        commit = distributed.CommitCallback(state, session.sync.commit_every(
+            config.elastic_commit_steps, config.backward_passes_per_step))
         world_session = dataclasses.replace(session, config=config)
         callbacks, nonfinite, progress = make_callbacks(world_session, world, position, data,
                                                         [commit])
@@ -589,12 +587,13 @@ def worker_identity(world: distributed.World) -> typing.Dict[str, typing.Any]:
 
 def worker_resources(session: Session) -> typing.Dict[str, typing.Any]:
     """This worker's peak resident and GPU memory, time to its first step and the
-    unusable files it met while loading."""
+    unusable files it met while loading, and the non-finite steps it skipped."""
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     peak_gpu_mb = session.resource_sampler.peak_gpu_memory_mb
     return {"peak_rss_mb": round(peak_kb / 1024, 1),
             "peak_gpu_memory_mb": None if peak_gpu_mb is None else round(peak_gpu_mb, 1),
             "seconds_to_first_step": session.first_step.seconds,
+            "nonfinite_steps_skipped": int(session.guard.skipped_steps.numpy()),
             "unusable_files": list(data_lib.UNUSABLE_FILES)}
 
 
@@ -681,6 +680,7 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
     hashes = distributed.allgather_object(weights_sha256(session.model))
     resources = distributed.allgather_object(worker_resources(session))
     unusable = sorted({line for rank in resources for line in rank.pop("unusable_files")})
+    skipped = [rank.pop("nonfinite_steps_skipped") for rank in resources]
     summary = {
         "recipe": session.recipe.name,
         "validation": metrics,
@@ -690,7 +690,10 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
         "global_steps": int(session.optimizer.iterations.numpy()),
         "planned_global_steps": config.epochs * session.steps_per_epoch,
         "steps_per_epoch": session.steps_per_epoch,
-        "nonfinite_steps_skipped": int(session.guard.skipped_steps.numpy()),
+        # Synchronous steps are skipped on every rank at once; under local SGD each rank
+        # skips its own, so the total over ranks, and each rank's count.
+        "nonfinite_steps_skipped": (sum(skipped) if session.sync.local else skipped[0]),
+        "nonfinite_steps_skipped_per_rank": skipped,
         # float16 only: the dynamic loss scale at the end (it is in every checkpoint).
         "loss_scale": ([float(variable.numpy()) for variable in
                         runtime.loss_scale_variables(session.model)] or [None])[0],
