@@ -5,9 +5,11 @@ Data, chosen by which config key is set:
 * default: Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (IDX files in
   ``fashion_mnist_dir``; 60,000 training and 10,000 test images; the test set is the
   validation set);
-* ``--data_dir=DIR``: one subfolder per class holding JPEG/PNG files. If ``DIR`` has
-  ``train/`` and ``validation/`` (or ``val/``) subfolders they are used as the split;
-  otherwise ``validation_fraction`` of each class is held out, the same files every run;
+* ``--data_dir=DIR``: one subfolder per class holding JPEG/PNG files. If ``DIR`` has a
+  ``train/`` of class folders, it is the training split and the first of
+  ``validation/``, ``val/`` and ``test/`` beside it the held-out one (see
+  ``folder_layout``); otherwise ``validation_fraction`` of each class is held out, the
+  same files every run;
 * ``--train_files=GLOB --validation_files=GLOB``: TFRecord files of ``tf.train.Example``
   with an encoded image under ``image/encoded`` and an integer label under
   ``image/class/label``; set ``--num_classes``.
@@ -184,23 +186,45 @@ def list_image_folder(directory, config):
                               check_name="image-header", rescan=config.rescan_data)
 
 
+# Held-out split folders beside train/, in order of preference.
+HELD_OUT_FOLDERS = ("validation", "val", "test")
+
+
+def folder_layout(data_dir):
+    """(training folder, held-out folder or None, what was understood).
+
+    ``data_dir/train/`` holding class folders is a split layout: its held-out part is the
+    first of validation/, val/ and test/ present (the others are left out, and the note
+    says so); with none of them, ``validation_fraction`` of train/ is held out. Without
+    such a train/ (a class may be called "train": then it holds images, not folders),
+    ``data_dir``'s subfolders are the classes."""
+    train_dir = os.path.join(data_dir, "train")
+    if not (os.path.isdir(train_dir) and any(entry.is_dir() for entry in os.scandir(train_dir))):
+        return data_dir, None, ""
+    present = [name for name in HELD_OUT_FOLDERS if os.path.isdir(os.path.join(data_dir, name))]
+    if not present:
+        return train_dir, None, ("; train/ has no validation/, val/ or test/ beside it: "
+                                 "validation_fraction of train/ held out")
+    unused = "".join(f", {name}/ not used" for name in present[1:])
+    return (train_dir, os.path.join(data_dir, present[0]),
+            f"; train/ for training, {present[0]}/ held out{unused}")
+
+
 def _folder_split(config):
     """Training and validation files as (paths, labels) arrays, the class names, and a note
-    on skipped files."""
-    train_dir = os.path.join(config.data_dir, "train")
-    for validation_name in ("validation", "val"):
-        validation_dir = os.path.join(config.data_dir, validation_name)
-        if os.path.isdir(train_dir) and os.path.isdir(validation_dir):
-            train = list_image_folder(train_dir, config)
-            validation = list_image_folder(validation_dir, config)
-            if validation.class_names != train.class_names:
-                raise errors.DataError(
-                    f"{train_dir} and {validation_dir} have different class folders: "
-                    f"{train.class_names} vs {validation.class_names}")
-            return ((np.array(train.paths), train.labels),
-                    (np.array(validation.paths), validation.labels), train.class_names,
-                    train.problems_note() + validation.problems_note())
-    listing = list_image_folder(config.data_dir, config)
+    on the layout understood and skipped files."""
+    train_dir, validation_dir, layout = folder_layout(config.data_dir)
+    if validation_dir:
+        train = list_image_folder(train_dir, config)
+        validation = list_image_folder(validation_dir, config)
+        if validation.class_names != train.class_names:
+            raise errors.DataError(
+                f"{train_dir} and {validation_dir} have different class folders: "
+                f"{train.class_names} vs {validation.class_names}")
+        return ((np.array(train.paths), train.labels),
+                (np.array(validation.paths), validation.labels), train.class_names,
+                layout + train.problems_note() + validation.problems_note())
+    listing = list_image_folder(train_dir, config)
     # Hold out the same files every run: a seeded permutation within each class.
     generator = np.random.default_rng(config.seed)
     held_out = np.zeros(len(listing.labels), bool)
@@ -211,7 +235,7 @@ def _folder_split(config):
     paths = np.array(listing.paths)
     return ((paths[~held_out], listing.labels[~held_out]),
             (paths[held_out], listing.labels[held_out]), listing.class_names,
-            listing.problems_note())
+            layout + listing.problems_note())
 
 
 def _folder_examples(config):

@@ -54,6 +54,42 @@ def test_folder_with_train_and_validation_subfolders_sharded(tmp_path):
     assert [shard.validation_examples for shard in shards] == [3, 3]
 
 
+@pytest.mark.fast
+@pytest.mark.parametrize("held_out", ["validation", "val", "test"])
+def test_a_train_folder_with_any_held_out_folder_is_a_split(tmp_path, held_out):
+    make_folder(str(tmp_path / "train"), per_class=4)
+    make_folder(str(tmp_path / held_out), per_class=1)
+    data = build({"data_dir": str(tmp_path)})
+    assert data.class_names == CLASSES
+    assert (data.train_examples, data.validation_examples) == (12, 3)
+    assert f"train/ for training, {held_out}/ held out" in data.description
+
+
+@pytest.mark.fast
+def test_ambiguous_folder_layouts_say_what_was_understood(tmp_path):
+    # validation/ and test/ both present: validation/ is held out, test/ left out.
+    both = tmp_path / "both"
+    for name, count in (("train", 4), ("validation", 2), ("test", 1)):
+        make_folder(str(both / name), per_class=count)
+    data = build({"data_dir": str(both)})
+    assert data.validation_examples == 6
+    assert "validation/ held out, test/ not used" in data.description
+    # train/ alone: part of it is held out.
+    alone = tmp_path / "alone"
+    make_folder(str(alone / "train"), per_class=10)
+    data = build({"data_dir": str(alone), "validation_fraction": "0.2"})
+    assert (data.train_examples, data.validation_examples) == (24, 6)
+    assert "validation_fraction of train/ held out" in data.description
+    # A class that happens to be called "train" (it holds images) is a class.
+    classes = tmp_path / "classes"
+    for name in ("train", "bus"):
+        os.makedirs(classes / name)
+        for index in range(5):
+            Image.new("L", (12, 12), 40 * index).save(classes / name / f"{index}.png")
+    data = build({"data_dir": str(classes), "validation_fraction": "0.2"})
+    assert data.class_names == ["bus", "train"]
+
+
 def write_tfrecord(path, labels):
     with tf.io.TFRecordWriter(path) as writer:
         for index, label in enumerate(labels):
