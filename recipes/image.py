@@ -54,8 +54,10 @@ class ImageConfig(config_lib.TrainConfig):
     train_files: str = ""
     validation_files: str = ""
     num_classes: int = 0  # TFRecords only; folders and Fashion-MNIST know theirs
-    image_size: int = 28  # images are resized to image_size x image_size
-    channels: int = 1  # 1 = grayscale, 3 = RGB; inputs are converted
+    # 0 = from the data (see input_shape): Fashion-MNIST's 28 x 28 grey; a folder's or
+    # TFRecord set's sampled images (the run's first line says what was chosen).
+    image_size: int = 0  # images are resized to image_size x image_size
+    channels: int = 0  # 1 = grayscale, 3 = RGB; inputs are converted
     augment: bool = True  # random flip and shift, training only
     bad_images: typing.Literal["skip", "error"] = "error"  # unreadable files in data_dir
 
@@ -66,8 +68,10 @@ class ImageConfig(config_lib.TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        config_lib.require(self, "image_size", self.image_size >= 8, "an integer >= 8")
-        config_lib.require(self, "channels", self.channels in (1, 3), "1 or 3")
+        config_lib.require(self, "image_size", self.image_size == 0 or self.image_size >= 8,
+                           "an integer >= 8, or 0 for the data's own")
+        config_lib.require(self, "channels", self.channels in (0, 1, 3),
+                           "1 (grey), 3 (colour), or 0 for the data's own")
         config_lib.require(self, "width", self.width >= 1, "an integer >= 1")
         config_lib.require(self, "stages", self.stages >= 1, "an integer >= 1")
         config_lib.require(self, "blocks_per_stage", self.blocks_per_stage >= 1,
@@ -87,6 +91,7 @@ class ImageConfig(config_lib.TrainConfig):
 
 def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
     """This worker's shard of the configured data, batched (see module docstring)."""
+    config, shape_note = resolved(config)
     def prepare_for_training(image, label, seed):
         image = to_model_input(image, config.image_size, config.channels)
         return (augment(image, seed) if config.augment else image), label
@@ -113,7 +118,97 @@ def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
         prepare=prepare_for_validation)
     return data_lib.Data(train=train_stream, validation=validation_batches,
                          validation_examples=validation_count,
-                         class_names=class_names, description=description)
+                         class_names=class_names, description=description + shape_note)
+
+
+# Pillow modes without colour.
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+SAMPLED_IMAGES = 200  # images that decide a size or channels not given
+LARGEST_SIZE = 224  # a size taken from the data is capped here (set image_size to pass it)
+
+
+def resolved(config: ImageConfig) -> typing.Tuple[ImageConfig, str]:
+    """``config`` with ``image_size`` and ``channels`` filled in from the data where they
+    are 0, and a note for the run's description saying what was chosen and why."""
+    if config.image_size and config.channels:
+        return config, ""
+    source = (config.data_dir, config.train_files, config.validation_fraction, config.seed,
+              config.fashion_mnist_dir)
+    if source not in _SHAPES:  # every entry point asks; the data is looked at once
+        _SHAPES[source] = input_shape(config)
+    size, channels, note = _SHAPES[source]
+    return dataclasses.replace(config, image_size=config.image_size or size,
+                               channels=config.channels or channels), note
+
+
+_SHAPES: typing.Dict[tuple, typing.Tuple[int, int, str]] = {}
+
+
+def input_shape(config: ImageConfig) -> typing.Tuple[int, int, str]:
+    """(size, channels, note) of the data: Fashion-MNIST is 28 x 28 grey; otherwise up to
+    SAMPLED_IMAGES training images (headers only for files), evenly spread, decide.
+    Channels: 1 if all are grey, else 3 (the note counts grey ones, which are converted).
+    Size: the images' own when they are all one square size, else the median shorter
+    side (the note gives the range); never below 8 nor above LARGEST_SIZE."""
+    if config.data_dir:
+        (paths, _), *_ = _folder_split(config)
+        shapes = [_header_shape(path) for path in _evenly(list(paths))]
+        source = "sampled images"
+    elif config.train_files:
+        files, counts = _scan_tfrecords(config.train_files, config)
+        name = next(name for name, count in zip(files, counts) if count)
+        shapes = [shape for shape in map(_record_shape, _first_records(name)) if shape]
+        if not shapes:
+            raise errors.DataError(f"no image in the first records of {name} can be decoded; "
+                                   "set --image_size and --channels")
+        source = "sampled records"
+    else:
+        return 28, 1, ""
+    grey = sum(mode in GREY_MODES for _, _, mode in shapes)
+    channels = 1 if grey == len(shapes) else 3
+    sides = sorted(min(width, height) for width, height, _ in shapes)
+    sizes = {(width, height) for width, height, _ in shapes}
+    size = min(max(sides[len(sides) // 2], 8), LARGEST_SIZE)
+    note = f"; input {size}x{size}x{channels} from {len(shapes)} {source}"
+    if len(sizes) > 1 or sides[0] != max(max(pair) for pair in sizes):
+        widths, heights = zip(*sizes)
+        note += (f" ({min(widths)}-{max(widths)} wide, {min(heights)}-{max(heights)} high: "
+                 f"resized to their median shorter side; set --image_size to choose)")
+    if 0 < grey < len(shapes):
+        note += (f" ({grey} of {len(shapes)} are grey, the rest colour: all are read as "
+                 "colour; set --channels=1 to read all as grey)")
+    return size, channels, note
+
+
+def _evenly(items, count=SAMPLED_IMAGES):
+    """Up to ``count`` items spread evenly over ``items`` (the same ones every run)."""
+    step = max(1, len(items) // count)
+    return items[::step][:count]
+
+
+def _header_shape(path):
+    """(width, height, Pillow mode) from an image file's header."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size[0], image.size[1], image.mode
+
+
+def _record_shape(record):
+    """(width, height, Pillow-like mode) of a parsed record's image; None if it cannot be
+    decoded (the bad_images policy deals with it in the pipeline)."""
+    try:
+        height, width, channels = tf.io.decode_image(record["image/encoded"],
+                                                     expand_animations=False).shape
+    except tf.errors.InvalidArgumentError:
+        return None
+    return width, height, "L" if channels in (1, 2) else "RGB"
+
+
+def _first_records(name, count=64):
+    """The first ``count`` parsed records of the TFRecord file ``name``."""
+    dataset = tf.data.TFRecordDataset(name).take(count)
+    return [tf.io.parse_single_example(record, TFRECORD_FEATURES) for record in dataset]
 
 
 def read_idx(path):
@@ -421,6 +516,7 @@ def augment(image, seed):
 
 def check_data(config: ImageConfig) -> None:
     """Before launch: the configured data exists and its labels and files are valid."""
+    resolved(config)
     if config.data_dir:
         _folder_split(config)
     elif config.train_files:
@@ -454,6 +550,7 @@ def _residual_block(inputs, filters, stride):
 
 
 def build_model(config: ImageConfig, data: data_lib.Data) -> keras.Model:
+    config, _ = resolved(config)
     inputs = keras.Input((config.image_size, config.image_size, config.channels), name="image")
     x = keras.layers.Conv2D(config.width, 3, padding="same", use_bias=False)(inputs)
     x = _batch_norm()(x)
@@ -511,6 +608,7 @@ class ImageServing(classification.ClassifierServing):
 
 
 def build_serving(config: ImageConfig, model: keras.Model, data: data_lib.Data) -> ImageServing:
+    config, _ = resolved(config)
     return ImageServing(config, model, data.class_names)
 
 

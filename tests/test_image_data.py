@@ -90,6 +90,40 @@ def test_ambiguous_folder_layouts_say_what_was_understood(tmp_path):
     assert data.class_names == ["bus", "train"]
 
 
+@pytest.mark.fast
+def test_size_and_channels_not_given_are_taken_from_the_images(tmp_path):
+    # All grey, all 24 wide and 20 high: grey, resized to the shorter side.
+    make_folder(str(tmp_path / "grey"), per_class=4, mode="L")
+    data = build({"data_dir": str(tmp_path / "grey")})
+    assert "input 20x20x1 from 12 sampled images" in data.description
+    assert "grey, the rest colour" not in data.description
+    images, _ = next(iter(data.train.batches(0, 0, 1)))
+    assert images.shape[1:] == (20, 20, 1)
+    config, _ = image.resolved(config_lib.build(image.ImageConfig,
+                                                {"data_dir": str(tmp_path / "grey")}))
+    assert image.build_model(config, data).input_shape == (None, 20, 20, 1)
+    # Colour squares of one size, with a few grey ones and a larger one among them.
+    mixed = tmp_path / "mixed"
+    make_folder(str(mixed), per_class=4, size=32, mode="RGB")
+    Image.new("L", (32, 32), 80).save(mixed / "boot" / "grey.png")
+    Image.new("RGB", (64, 48), 80).save(mixed / "coat" / "large.png")
+    data = build({"data_dir": str(mixed)})
+    assert "input 32x32x3 from 14 sampled images" in data.description
+    assert "1 of 14 are grey, the rest colour: all are read as colour" in data.description
+    assert "32-64 wide, 32-48 high" in data.description
+    # Given values win, and nothing is said.
+    data = build({"data_dir": str(mixed), "image_size": "16", "channels": "1"})
+    assert "input" not in data.description
+    assert next(iter(data.train.batches(0, 0, 1)))[0].shape[1:] == (16, 16, 1)
+    # Fashion-MNIST's own shape, and a TFRecord set's.
+    assert image.resolved(config_lib.build(image.ImageConfig, {}))[0].image_size == 28
+    path = str(tmp_path / "part.tfrecord")
+    write_tfrecord(path, [0, 1, 2])
+    config, note = image.resolved(config_lib.build(image.ImageConfig, {
+        "train_files": path, "validation_files": path, "num_classes": "3"}))
+    assert (config.image_size, config.channels) == (10, 1), note
+
+
 def write_tfrecord(path, labels):
     with tf.io.TFRecordWriter(path) as writer:
         for index, label in enumerate(labels):

@@ -412,7 +412,9 @@ def main(argv=None):
     folder = make_folder(root, options.images)
     train_files, validation_files = make_records(root, options.records)
     cache_dir = os.path.join(root, "toolkit-cache")
-    common = [f"--cache_dir={cache_dir}"]
+    # The model's input stays 28 x 28 grey, as in the measurements before the size and
+    # channels could come from the data.
+    common = [f"--cache_dir={cache_dir}", "--image_size=28", "--channels=1"]
     sources = {"folder": common + [f"--data_dir={folder}"],
                "tfrecords": common + [f"--train_files={train_files}",
                                       f"--validation_files={validation_files}",
