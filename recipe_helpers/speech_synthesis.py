@@ -29,9 +29,11 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from toolkit import errors
+from toolkit import manifests
 
 DEFAULT_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
@@ -151,11 +153,13 @@ def missing_tools():
     return [tool for tool in ("espeak-ng", "flite", "festival", "sox") if not shutil.which(tool)]
 
 
-def generate(output_dir, words, espeak_speakers, variations_per_speaker, seed, workers):
+def generate(output_dir, words, espeak_speakers, variations_per_speaker, seed, workers,
+             progress_every=5.0):
     """Generate the data set into ``output_dir`` (idempotent, safe across processes).
 
     The first process to take the lock generates into a temporary folder and renames it
-    into place; others wait for the lock and then find the finished folder.
+    into place, with progress lines on stderr every ``progress_every`` seconds; others
+    say that they wait, wait for the lock and then find the finished folder.
     """
     done_marker = os.path.join(output_dir, "generation.json")
     if os.path.exists(done_marker):
@@ -169,13 +173,18 @@ def generate(output_dir, words, espeak_speakers, variations_per_speaker, seed, w
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     with open(os.path.join(parent, ".generate.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process generating the speech clips in {parent}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(done_marker):
             return output_dir
         staging = tempfile.mkdtemp(prefix=".generating-", dir=parent)
         try:
             manifest = _generate_into(staging, words, espeak_speakers, variations_per_speaker,
-                                      seed, workers)
+                                      seed, workers, progress_every)
             with open(os.path.join(staging, "generation.json"), "w") as stream:
                 json.dump(manifest, stream, indent=2)
             shutil.rmtree(output_dir, ignore_errors=True)
@@ -185,7 +194,8 @@ def generate(output_dir, words, espeak_speakers, variations_per_speaker, seed, w
     return output_dir
 
 
-def _generate_into(directory, words, espeak_speakers, variations_per_speaker, seed, workers):
+def _generate_into(directory, words, espeak_speakers, variations_per_speaker, seed, workers,
+                   progress_every):
     voices = plan_voices(espeak_speakers, variations_per_speaker, seed)
     jobs, lists = [], {"validation": [], "test": []}
     for word in words:
@@ -196,9 +206,16 @@ def _generate_into(directory, words, espeak_speakers, variations_per_speaker, se
                 jobs.append((voice, word, index, os.path.join(directory, relative)))
                 if voice.split in lists:
                     lists[voice.split].append(relative)
+    print(f"generating {len(jobs):,} speech clips ({len(words)} words x {len(voices)} voices "
+          f"of espeak-ng, flite and festival) with {workers} processes; once, then cached",
+          file=sys.stderr, flush=True)
+    progress = manifests.Progress("speech clips generated", len(jobs), every=progress_every)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(_record, *job) for job in jobs]:
+        for future in concurrent.futures.as_completed(
+                [pool.submit(_record, *job) for job in jobs]):
             future.result()
+            progress.advance()
+    progress.finish()
     for split, name in (("validation", "validation_list.txt"), ("test", "testing_list.txt")):
         with open(os.path.join(directory, name), "w") as stream:
             stream.writelines(f"{relative}\n" for relative in sorted(lists[split]))

@@ -15,9 +15,9 @@ NATIVE_LOG_LINE = re.compile(
 NOISE = ("absl::InitializeLog", "cudart_stub", "cuInit", "cpu_feature_guard")
 
 
-def make_train(run_dir, *variables):
+def make_train(run_dir, *variables, export=False):
     arguments = " ".join(TINY_IMAGE + ["--epochs=1", "--max_steps_per_epoch=3",
-                                       "--export=false"])
+                                       f"--export={str(export).lower()}"])
     result = subprocess.run(["make", "--no-print-directory", "train", "RECIPE=image", "NP=2",
                              f"RUN_DIR={run_dir}", f"ARGS={arguments}", *variables],
                             cwd=PROJECT_ROOT, env=environment(), capture_output=True,
@@ -28,8 +28,14 @@ def make_train(run_dir, *variables):
 
 @pytest.mark.timeout(600)
 def test_default_output_is_the_toolkits_own_and_verbose_shows_everything(tmp_path):
-    quiet = make_train(tmp_path / "quiet")
+    quiet = make_train(tmp_path / "quiet", export=True)
     assert any("[toolkit] done: validation" in line for line in quiet)
+    # The export says when it starts and when it is done, with the time it took.
+    exporting = [index for index, line in enumerate(quiet)
+                 if line.endswith(f"[toolkit] exporting the model to {tmp_path}/quiet/export ...")]
+    written = [index for index, line in enumerate(quiet) if re.search(
+        rf"\[toolkit\] export {tmp_path}/quiet/export/1 written in \d+ s$", line)]
+    assert len(exporting) == len(written) == 1 and exporting[0] < written[0], quiet
     noise = [line for line in quiet
              if NATIVE_LOG_LINE.match(line) or any(word in line for word in NOISE)]
     assert noise == [], noise

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import wave
 
 import numpy as np
@@ -44,16 +45,25 @@ def file_digests(directory):
 
 
 @pytest.mark.timeout(240)
-def test_generation_layout_audio_and_determinism(tmp_path):
+def test_generation_layout_audio_and_determinism(tmp_path, capsys):
     words = ["yes", "go"]
-    first = speech_synthesis.generate(str(tmp_path / "a"), words, 10, 1, seed=7, workers=2)
+    first = speech_synthesis.generate(str(tmp_path / "a"), words, 10, 1, seed=7, workers=2,
+                                      progress_every=0)
+    # Progress while generating: what, then a count that grows with a rate, then the end.
+    clips = 2 * (10 + 8 * speech_synthesis.SMALL_ENGINE_FACTOR)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"generating {clips} speech clips (2 words x ")
+    counts = [int(line.split(": ")[1].split("/")[0]) for line in lines
+              if line.startswith("speech clips generated: ") and "/s)" in line]
+    assert counts == list(range(1, clips + 1)), lines
+    assert re.fullmatch(rf"speech clips generated: {clips} done in \d+ s", lines[-1])
     second = speech_synthesis.generate(str(tmp_path / "b"), words, 10, 1, seed=7, workers=2)
     digests = file_digests(first)
     assert digests == file_digests(second)  # same seed, same bytes
     manifest = read_json(os.path.join(first, "generation.json"))
     engines = {info["engine"] for info in manifest["speakers"].values()}
     assert engines == {"espeak", "flite", "festival"}
-    assert len(digests) == manifest["clips"] == 2 * (10 + 8 * speech_synthesis.SMALL_ENGINE_FACTOR)
+    assert len(digests) == manifest["clips"] == clips
     for relative in list(digests)[:40]:
         with wave.open(os.path.join(first, relative)) as reader:
             assert (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) == (

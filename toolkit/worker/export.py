@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import time
 
 import tensorflow as tf
 
@@ -21,6 +22,8 @@ def save(recipe, config, model, data, directory):
     # A fresh copy of the model: the trained one is compiled with Horovod's optimizer, whose
     # functions (with HorovodAllreduce ops) would otherwise be saved and make the export
     # unloadable where Horovod is not installed.
+    started = time.monotonic()
+    print(f"[toolkit] exporting the model to {directory} ...", flush=True)
     clean_model = recipe.build_model(config, data)
     clean_model.set_weights(model.get_weights())
     serving = recipe.build_serving(config, clean_model, data)
@@ -34,6 +37,7 @@ def save(recipe, config, model, data, directory):
                    "version": version}, stream, indent=2)
     final = os.path.join(directory, str(version))
     os.replace(staging, final)
+    print(f"[toolkit] export {final} written in {time.monotonic() - started:.0f} s", flush=True)
     return final
 
 
