@@ -311,8 +311,36 @@ def scan_folder(config, data_dir):
                 continue  # a broken noise file only means less noise variety
     report = {"clips": len(clips), "skipped": len(listing.problems),
               "skipped_examples": listing.problems[:5], "resampled": resampled,
-              "background_noise_files": len(noises)}
+              "background_noise_files": len(noises),
+              **clip_lengths([clip.path for clip in clips], clip_samples(config))}
     return clips, listing.class_names, noises, report
+
+
+SAMPLED_CLIPS = 500  # clips whose headers tell how many are longer or shorter than a clip
+
+
+def clip_lengths(paths, length):
+    """How many of up to SAMPLED_CLIPS clips, evenly spread over ``paths`` (16 kHz), are
+    longer than ``length`` samples (they are centre-cropped to it) or shorter (zero-padded
+    at the end), and the longest."""
+    sample = paths[::max(1, len(paths) // SAMPLED_CLIPS)][:SAMPLED_CLIPS]
+    frames = []
+    for path in sample:
+        with wave.open(path, "rb") as reader:
+            frames.append(reader.getnframes())
+    return {"sampled_clips": len(frames),
+            "sampled_longer": sum(count > length for count in frames),
+            "sampled_shorter": sum(count < length for count in frames),
+            "longest_seconds": round(max(frames, default=0) / SAMPLE_RATE, 2)}
+
+
+def lengths_note(report, config):
+    """What happens to clips that are not ``clip_seconds`` long, for the description."""
+    if not report["sampled_longer"]:
+        return ""
+    return (f"; {report['sampled_longer']} of {report['sampled_clips']} sampled clips are "
+            f"longer than {config.clip_seconds:g} s (up to {report['longest_seconds']:g} s): "
+            f"their middle {config.clip_seconds:g} s is used (set --clip_seconds to keep more)")
 
 
 def split_clips(clips, data_dir, config):
@@ -413,7 +441,7 @@ def build_data(config: SpeechConfig, shard: data_lib.Shard) -> data_lib.Data:
         description=(f"{source}: {len(splits['train'])} train / {len(splits['validation'])} "
                      f"validation / {len(splits['test'])} test clips, "
                      f"{report['resampled']} resampled, {report['background_noise_files']} "
-                     f"noise files{skipped}"),
+                     f"noise files{lengths_note(report, config)}{skipped}"),
     )
 
 

@@ -161,6 +161,29 @@ def test_other_sample_rates_are_resampled(tmp_path):
 
 
 @pytest.mark.fast
+def test_long_clips_are_centre_cropped_short_ones_padded_and_the_run_says_so(tmp_path):
+    make_folder(tmp_path)  # 0.6 s clips
+    # 3 s: silence, a tone, silence; the middle second is what the model hears.
+    middle = np.concatenate([np.zeros(16000), tone(700, 1.0), np.zeros(16000)])
+    write_wav(tmp_path / "up" / "long_nohash_0.wav", middle)
+    config = config_for(tmp_path)
+    clips, _, _, report = speech.scan_folder(config, str(tmp_path))
+    assert (report["sampled_clips"], report["sampled_longer"], report["sampled_shorter"]) == (
+        9, 1, 8)
+    assert ("1 of 9 sampled clips are longer than 1 s (up to 3 s): their middle 1 s is used"
+            in speech.lengths_note(report, config))
+    three_seconds = config_for(tmp_path, clip_seconds="3")
+    _, _, _, report = speech.scan_folder(three_seconds, str(tmp_path))
+    assert report["sampled_longer"] == 0 and speech.lengths_note(report, three_seconds) == ""
+    path = next(clip.path for clip in clips if clip.relative == "up/long_nohash_0.wav")
+    kept = speech.fit_length(tf.audio.decode_wav(tf.io.read_file(path))[0][:, 0], 16000)
+    assert float(tf.sqrt(tf.reduce_mean(kept ** 2))) > 0.3  # the tone, not the silence
+    short = next(clip.path for clip in clips if clip.relative == "up/s0_nohash_0.wav")
+    padded = speech.fit_length(tf.audio.decode_wav(tf.io.read_file(short))[0][:, 0], 16000)
+    assert padded.shape == (16000,) and not np.any(padded.numpy()[9600:])  # zeros after 0.6 s
+
+
+@pytest.mark.fast
 def test_split_by_speaker_without_list_files(tmp_path):
     make_folder(tmp_path, speakers=40)
     config = config_for(tmp_path)

@@ -25,6 +25,17 @@ def test_csv_with_string_labels_and_quoted_commas(tmp_path):
     assert text_files.label_names(examples.labels) == ["animal", "plant"]
 
 
+def test_csv_fields_spanning_lines_keep_their_newlines_and_later_line_numbers(tmp_path):
+    path = write(tmp_path / "multi.csv",
+                 'text,label\n"first line\nsecond line",a\nplain,b\nbroken,\n')
+    with pytest.raises(errors.DataError, match=r"multi.csv:5: empty 'label'"):
+        text_files.read(path)
+    path = write(tmp_path / "multi.csv", 'text,label\n"first line\nsecond line",a\nplain,7\n')
+    examples = text_files.read(path)
+    assert examples.texts == ["first line\nsecond line", "plain"]
+    assert examples.labels == ["a", "7"] and examples.lines == [3, 4]
+
+
 def test_tsv_sentence_pairs_with_integer_labels(tmp_path):
     path = write(tmp_path / "dev.tsv",
                  "text\ttext_pair\tlabel\nA man eats.\tSomeone eats.\t1\nIt rains.\tA cat.\t10\n"
