@@ -53,9 +53,10 @@ SERVING_CHUNK_ROWS = 8
 
 @dataclasses.dataclass
 class BertConfig(config_lib.TrainConfig):
-    # One pass over 20,000 WordNet definitions (wordnet_train_examples) fine-tunes MiniLM
-    # past 0.90 validation accuracy in about 5 minutes with NP=2 on 2 CPU cores.
-    epochs: int = 1
+    # 0 = choose_epochs: one pass over 20,000 WordNet definitions (wordnet_train_examples)
+    # fine-tunes MiniLM past 0.90 validation accuracy in about 5 minutes with NP=2 on 2 CPU
+    # cores; a user's data gets the usual 2 to 4 epochs of BERT fine-tuning.
+    epochs: int = 0
     batch_size_per_worker: int = 32
     # BERT's recipe: Adam with decoupled weight decay, linear decay to 0 after warm-up.
     optimizer: typing.Literal["adam", "adamw", "sgd"] = "adamw"
@@ -475,6 +476,22 @@ def build_serving(config: BertConfig, model: keras.Model, data: data_lib.Data) -
     return TextServing(config, model, data.class_names, tokenizer)
 
 
+# BERT fine-tuning takes 2 to 4 epochs (Devlin et al. 2019 searched {2, 3, 4}); larger
+# sets need fewer passes.
+SMALL_SET_EPOCHS, LARGE_SET_EPOCHS, LARGE_SET_EXAMPLES = 3, 2, 50_000
+
+
+def choose_epochs(config: BertConfig, data: data_lib.Data,
+                  steps_per_epoch: int) -> typing.Tuple[int, str]:
+    if not config.train_file:
+        return 1, f"one pass over {config.wordnet_train_examples:,} WordNet definitions suffices"
+    examples = steps_per_epoch * data.train.global_batch_size
+    epochs = SMALL_SET_EPOCHS if examples < LARGE_SET_EXAMPLES else LARGE_SET_EPOCHS
+    return epochs, (f"fine-tuning on about {examples:,} examples: BERT's usual 2 to 4 "
+                    f"epochs, {SMALL_SET_EPOCHS} below {LARGE_SET_EXAMPLES:,} examples, "
+                    f"{LARGE_SET_EPOCHS} from there; --epochs=N to choose")
+
+
 RECIPE = recipe_lib.Recipe(
     name="bert",
     description="fine-tune a pretrained BERT for text classification (default: MiniLM on "
@@ -486,6 +503,7 @@ RECIPE = recipe_lib.Recipe(
     build_metrics=classification.build_metrics,
     build_serving=build_serving,
     check_data=check_data,
+    choose_epochs=choose_epochs,
     head_layer="classifier",  # transformers' TFBertForSequenceClassification.classifier
     tiny_overrides={"pretrained": "false", "num_hidden_layers": "2", "hidden_size": "32",
                     "batch_size_per_worker": "8", "max_train_examples": "256",

@@ -46,7 +46,7 @@ def test_wrong_type_names_key_value_and_what_is_valid(key, value, expected):
     assert key in str(error.value) and expected in str(error.value)
 
 
-@pytest.mark.parametrize("key, value", [("epochs", "0"), ("batch_size_per_worker", "-1"),
+@pytest.mark.parametrize("key, value", [("epochs", "-1"), ("batch_size_per_worker", "-1"),
                                         ("channels", "2"), ("base_learning_rate", "0")])
 def test_out_of_range_values_are_rejected(key, value):
     with pytest.raises(errors.ConfigError, match=key):
@@ -91,3 +91,33 @@ def test_describe_lists_every_key():
     lines = "\n".join(config_lib.describe(image.ImageConfig))
     for field in dataclasses.fields(image.ImageConfig):
         assert f"--{field.name}=" in lines
+
+
+@pytest.mark.parametrize("recipe, overrides, steps, epochs, why", [
+    ("image", {}, 468, 8, "Fashion-MNIST"),
+    ("image", {"data_dir": "x"}, 10, 60, "10 steps per epoch"),
+    ("image", {"data_dir": "x"}, 100, 20, "at least 8 epochs and 2,000 steps"),
+    ("image", {"data_dir": "x"}, 1000, 8, "at most 60 epochs"),
+    ("bert", {}, 312, 1, "20,000 WordNet definitions"),
+    ("bert", {"train_file": "a.csv", "validation_file": "b.csv"}, 100, 3,
+     "about 6,400 examples"),
+    ("bert", {"train_file": "a.csv", "validation_file": "b.csv"}, 1000, 2,
+     "about 64,000 examples"),
+    ("speech", {}, 26, 40, "generated clips"),
+    ("speech", {"data_dir": "x"}, 664, 10, "664 steps per epoch"),
+])
+def test_epochs_left_to_the_recipe_follow_the_data(recipe, overrides, steps, epochs, why):
+    """epochs=0 (every recipe's default): the demo sets keep their tuned schedules, and a
+    user's data gets the field's usual one for its size, with the reason."""
+    import types
+
+    from toolkit import recipe as recipe_lib
+    from toolkit.worker import train
+
+    chosen = recipe_lib.get(recipe)
+    config = config_lib.build(chosen.config_class, overrides)
+    data = types.SimpleNamespace(train=types.SimpleNamespace(global_batch_size=64))
+    count, note = train.choose_epochs(chosen, config, data, steps)
+    assert count == epochs and note.startswith(f"{epochs} epochs: ") and why in note, note
+    given = config_lib.build(chosen.config_class, dict(overrides, epochs="5"))
+    assert train.choose_epochs(chosen, given, data, steps) == (5, "5 epochs (--epochs)")

@@ -191,10 +191,13 @@ def test_training_on_an_image_folder_end_to_end(tmp_path, run_dir):
     make_folder(str(tmp_path / "data"), per_class=12)
     train_single(run_dir, "image", [f"--data_dir={tmp_path}/data", "--channels=3",
                                     "--image_size=16", "--width=8", "--stages=2",
-                                    "--batch_size_per_worker=4", "--epochs=2"])
+                                    "--batch_size_per_worker=4", "--max_steps_per_epoch=3"])
     summary = read_json(os.path.join(run_dir, "summary.json"))
-    # 12 images per class, round(12 * 0.1) = 1 of each held out: 33 to train, batch 4.
-    assert summary["global_steps"] == 2 * (33 // 4)
+    # No --epochs: a small set of the user's gets 2,000 steps, here capped at 60 epochs.
+    assert summary["epochs"] == image.MAX_EPOCHS
+    assert summary["global_steps"] == image.MAX_EPOCHS * 3
+    chosen = read_json(os.path.join(run_dir, "config.json"))["epochs_chosen"]
+    assert chosen.startswith("60 epochs: 3 steps per epoch; a data set of your own"), chosen
     labels = read_json(os.path.join(run_dir, "export", "1", "labels.json"))
     assert labels["class_names"] == CLASSES
 

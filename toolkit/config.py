@@ -109,7 +109,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check value ranges; raise ConfigError naming the key. Subclasses extend."""
-        require(self, "epochs", self.epochs >= 1, "an integer >= 1")
+        require(self, "epochs", self.epochs >= 0,
+                "an integer >= 1, or 0 for the recipe's choice for the data")
         require(self, "batch_size_per_worker", self.batch_size_per_worker >= 1, "an integer >= 1")
         for key in ("max_steps_per_epoch", "max_train_examples", "max_validation_examples",
                     "intra_op_threads", "inter_op_threads"):

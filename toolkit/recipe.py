@@ -76,6 +76,10 @@ class Recipe(typing.Generic[ConfigT]):
     # Quick checks of the configured data that the launcher runs before starting any
     # worker (paths exist, files readable, labels valid); raises errors.DataError.
     check_data: typing.Optional[typing.Callable[[ConfigT], None]] = None
+    # The number of epochs when the config's ``epochs`` is 0 (the recipes' default), for
+    # the data at hand: (epochs, why), the why printed in the run's first line.
+    choose_epochs: typing.Optional[
+        typing.Callable[[ConfigT, data_lib.Data, int], typing.Tuple[int, str]]] = None
     # The name of the layer whose outputs are the classes: --new_head re-initialises its
     # variables (those with this name in their path) when warm-starting on other classes.
     head_layer: str = "logits"
@@ -87,7 +91,7 @@ class Recipe(typing.Generic[ConfigT]):
                             f"deriving from TrainConfig, got {self.config_class!r}")
         for field, arguments in _ARGUMENTS.items():
             function = getattr(self, field)
-            if function is None and field in ("build_reports", "check_data"):
+            if function is None and field in ("build_reports", "check_data", "choose_epochs"):
                 continue
             _check_signature(self.name, field, function, arguments)
         config_lib.build(self.config_class, self.tiny_overrides)
@@ -102,6 +106,7 @@ _ARGUMENTS = {
     "build_serving": ("config", "model", "data"),
     "build_reports": ("config", "model", "data"),
     "check_data": ("config",),
+    "choose_epochs": ("config", "data", "steps_per_epoch"),
 }
 
 

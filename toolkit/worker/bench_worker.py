@@ -12,6 +12,7 @@ and the chief prints one ``RESULT {json}`` line with the step times in seconds.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -96,6 +97,8 @@ def run_ours(options, recipe, config):
     config = train.for_world(config, world)
     data = recipe.build_data(config, world.shard())
     steps_per_epoch = max(1, data.train.steps_per_epoch)
+    config = dataclasses.replace(
+        config, epochs=train.choose_epochs(recipe, config, data, steps_per_epoch)[0])
     # --sync=local_sgd measures local SGD: the trainer's synchronisation, as in a run.
     sync = local_sgd.Synchronisation(config, steps_per_epoch)
     model, optimizer, guard = train.build_training(

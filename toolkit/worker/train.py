@@ -119,6 +119,7 @@ class Session:
     faults: faults_lib.Faults  # test hooks, all off in real runs
     first_step: callbacks_lib.FirstStep  # when the first training step ended
     resource_sampler: resources_lib.Sampler  # this process's CPU, memory and GPU use
+    epochs_note: str  # how many epochs, and why (the run's description line)
 
 
 @dataclasses.dataclass
@@ -258,6 +259,9 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
     check_run_folder(world, recipe, paths, config_dict, elastic)
     config = for_world(user_config, world)
     data, steps_per_epoch = prepare_data(recipe, config, world, agree_on_steps=not elastic)
+    epochs, epochs_note = choose_epochs(recipe, config, data, steps_per_epoch)
+    config = dataclasses.replace(config, epochs=epochs)
+    user_config = dataclasses.replace(user_config, epochs=epochs)
     if not elastic:
         agree(world, lambda: run_folder.check_same_classes(paths.run_dir, data.class_names))
     else:
@@ -289,7 +293,21 @@ def build_session(recipe: recipe_lib.Recipe, user_config: config_lib.TrainConfig
                    watchdog=watchdog,
                    random_generators=checkpoints.random_generators(model), faults=faults,
                    first_step=callbacks_lib.FirstStep(announce=world.is_chief),
-                   resource_sampler=resources_lib.Sampler(world.local_rank))
+                   resource_sampler=resources_lib.Sampler(world.local_rank),
+                   epochs_note=epochs_note)
+
+
+def choose_epochs(recipe: recipe_lib.Recipe, config: config_lib.TrainConfig,
+                  data: data_lib.Data, steps_per_epoch: int) -> typing.Tuple[int, str]:
+    """The run's epochs and why: the config's, or with ``epochs=0`` the recipe's choice for
+    this data (the same on every rank, and on a resume of the same data)."""
+    if config.epochs:
+        return config.epochs, f"{config.epochs} epochs (--epochs)"
+    if recipe.choose_epochs is None:
+        raise errors.ConfigError(f"recipe {recipe.name!r} cannot choose a number of epochs: "
+                                 "set --epochs to an integer >= 1")
+    epochs, why = recipe.choose_epochs(config, data, steps_per_epoch)
+    return epochs, f"{epochs} epochs: {why}"
 
 
 # ------------------------------------------------------------------ 3. restore or start
@@ -618,6 +636,7 @@ def write_run_config(session: Session, world: distributed.World,
         "train_examples_per_worker": data.train_examples,
         "validation_examples_per_worker": data.validation_examples,
         "steps_per_epoch": session.steps_per_epoch,
+        "epochs": config.epochs, "epochs_chosen": session.epochs_note,
         "global_batch_size": config.batch_size_per_worker * world.size,
         "runtime": session.runtime, "versions": versions_lib.collect(), "command": sys.argv,
         "resumed_from": dataclasses.asdict(position),
@@ -642,7 +661,8 @@ def write_run_config(session: Session, world: distributed.World,
           f"{world.size} workers x "
           f"{config.batch_size_per_worker} = global batch "
           f"{config.batch_size_per_worker * world.size}; {session.steps_per_epoch} "
-          f"steps/epoch; run folder {paths.run_dir}{resume_note}", flush=True)
+          f"steps/epoch; {session.epochs_note}; run folder {paths.run_dir}{resume_note}",
+          flush=True)
 
 
 def stop_if_nonfinite(session: Session, result: FitResult) -> None:
