@@ -33,6 +33,14 @@ def trainable_kernels(run_dir, step):
     return [reader.get_tensor(name) for name in names]
 
 
+def finish_after_killing_rank_2(process, run_dir, timeout):
+    """SIGKILL rank 2's worker, let the job finish without it, return its summary.json."""
+    os.kill(worker_pids(run_dir)[2], signal.SIGKILL)
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-5000:]
+    return read_json(os.path.join(run_dir, "summary.json"))
+
+
 @pytest.mark.timeout(600)
 def test_the_world_grows_and_shrinks_with_one_schedule_and_identical_weights(tmp_path):
     """Two workers; a third host is added to the hostfile (the world grows to 3), then
@@ -67,12 +75,9 @@ def test_the_world_grows_and_shrinks_with_one_schedule_and_identical_weights(tmp
         # Three workers train (and commit) for a while: checkpoints come every 6 steps.
         assert trained_past(max(checkpoint_steps(run_dir)) + 12)
         hostfile.write_text("".join(f"{name} slots=1\n" for name in names[:2]))
-        os.kill(worker_pids(run_dir)[2], signal.SIGKILL)
-        output, _ = process.communicate(timeout=500)
+        summary = finish_after_killing_rank_2(process, run_dir, timeout=500)
     finally:
         kill_session(process)
-    assert process.returncode == 0, output[-5000:]
-    summary = read_json(os.path.join(run_dir, "summary.json"))
     resets = summary["elastic_resets"]
     sizes = [reset["world_size"] for reset in resets]
     assert sizes[0] == 2 and sizes[-1] == 2 and 3 in sizes, sizes
@@ -141,12 +146,9 @@ def test_a_local_sgd_run_that_loses_a_worker_goes_on_from_an_averaging_point(tmp
         assert wait_for(lambda: max(checkpoint_steps(run_dir), default=0) >= 14,
                         timeout=240)
         # Its host is set aside for good; the other two hosts are enough (MIN_NP=2).
-        os.kill(worker_pids(run_dir)[2], signal.SIGKILL)
-        output, _ = process.communicate(timeout=400)
+        summary = finish_after_killing_rank_2(process, run_dir, timeout=400)
     finally:
         kill_session(process)
-    assert process.returncode == 0, output[-5000:]
-    summary = read_json(os.path.join(run_dir, "summary.json"))
     resets = summary["elastic_resets"]
     assert [reset["world_size"] for reset in resets] == [3, 2], resets
     restart = resets[1]["global_step"]
