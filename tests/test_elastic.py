@@ -157,3 +157,6 @@ def test_a_local_sgd_run_that_loses_a_worker_goes_on_from_an_averaging_point(tmp
     assert summary["global_steps"] == summary["planned_global_steps"] == epochs * steps
     assert summary["weights_identical_on_all_ranks"]
     assert summary["validation"]["accuracy"] > 0.5
+    # config.json describes the last world: 2 workers sharing the fixed global batch.
+    config = read_json(os.path.join(run_dir, "config.json"))
+    assert (config["world_size"], config["global_batch_size"]) == (2, 96)

@@ -573,14 +573,14 @@ class ElasticFit:
                   f"{position.global_step}, {config.batch_size_per_worker} examples each per "
                   "step", flush=True)
         data = session.data if first_start else session.recipe.build_data(config, world.shard())
-        if world.is_chief:
-            write_run_config(session, world, workers, data,
+        world_session = dataclasses.replace(session, config=config)
+        if world.is_chief:  # this world's batch per worker in the description
+            write_run_config(world_session, world, workers, data,
                              self.restored if first_start else position)
         # Commits fall between updates (see backward_passes_per_step), and under local SGD
         # after averagings (the commit callback runs after the synchronisation's).
         commit = distributed.CommitCallback(state, session.sync.commit_every(
             config.elastic_commit_steps, config.backward_passes_per_step))
-        world_session = dataclasses.replace(session, config=config)
         callbacks, nonfinite, progress = make_callbacks(world_session, world, position, data,
                                                         [commit])
         logs = run_fit(world_session, data, world, position, callbacks, progress)
