@@ -233,7 +233,7 @@ def test_a_bug_in_a_worker_exits_with_its_traceback_not_as_a_user_error(tmp_path
               timeout=120, check=False)
     assert bug.returncode == 1
     assert "Traceback" in bug.stderr and "ValueError: Tensor shapes are incompatible" in bug.stderr
-    user = run([PYTHON, "-m", WORKER, "--recipe=image", f"--run_dir={tmp_path}/r", "--epochs=0"],
+    user = run([PYTHON, "-m", WORKER, "--recipe=image", f"--run_dir={tmp_path}/r", "--epochs=-1"],
                timeout=120, check=False)
     assert user.returncode == errors.USER_ERROR_EXIT_CODE
     assert "Traceback" not in user.stderr
