@@ -238,5 +238,6 @@ def test_a_bug_in_a_worker_exits_with_its_traceback_not_as_a_user_error(tmp_path
     assert user.returncode == errors.USER_ERROR_EXIT_CODE
     assert "Traceback" not in user.stderr
     assert user.stderr.strip().splitlines()[-1] == (
-        "[toolkit] error: config key 'epochs' has invalid value 0: it must be an integer >= 1")
+        "[toolkit] error: config key 'epochs' has invalid value -1: it must be an integer >= 1,"
+        " or 0 for the recipe's choice for the data")
 
