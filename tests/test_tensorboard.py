@@ -106,3 +106,5 @@ def test_every_workers_cpu_and_memory_are_in_tensorboard_and_the_peaks_in_the_su
     assert not {tag for tag in event_tags(trained_run, "train") if tag.startswith("system/gpu")}
     assert len(summary["peak_rss_mb_per_rank"]) == 2
     assert summary["peak_gpu_memory_mb_per_rank"] == [None, None]
+    # Time in fit: part of the worker's time, without its start-up and what follows.
+    assert 0 < summary["training_seconds"] < summary["wall_seconds"] - 1, summary

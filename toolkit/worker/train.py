@@ -132,6 +132,9 @@ class FitResult:
     data: data_lib.Data  # that world's data
     position: checkpoints.Position  # where this run started from (a checkpoint, or zero)
     resets: typing.List[typing.Dict[str, typing.Any]]  # elastic (re)starts, else []
+    # In Keras' fit (training steps and each epoch's validation) in this run, all fit
+    # calls together: the start-up, data generation, reports and export are not in it.
+    training_seconds: float = 0.0
 
 
 # ------------------------------------------------------------------ 1. set up the world
@@ -496,9 +499,11 @@ def fit_static(session: Session, world: distributed.World) -> FitResult:
     if world.is_chief:
         write_run_config(session, world, workers, session.data, position)
     callbacks, nonfinite, progress = make_callbacks(session, world, position, session.data)
+    started = time.monotonic()
     logs = run_fit(session, session.data, world, position, callbacks, progress)
     return FitResult(logs=logs, nonfinite=nonfinite, world=world, data=session.data,
-                     position=position, resets=[])
+                     position=position, resets=[],
+                     training_seconds=time.monotonic() - started)
 
 
 # ---------------------------------------------------------------------- 4. fit, elastic
@@ -526,6 +531,7 @@ class ElasticFit:
                          if distributed.current_world().is_chief else checkpoints.Position())
         self.resets: typing.List[typing.Dict[str, typing.Any]] = []
         self.result: typing.Optional[FitResult] = None
+        self.training_seconds = 0.0  # of every world's fit, a reset's interrupted one too
         self.state = distributed.elastic_state(session.model, session.optimizer,
                                                steps_per_epoch=session.steps_per_epoch,
                                                worlds=session.checkpointer.worlds)
@@ -583,9 +589,14 @@ class ElasticFit:
             config.elastic_commit_steps, config.backward_passes_per_step))
         callbacks, nonfinite, progress = make_callbacks(world_session, world, position, data,
                                                         [commit])
-        logs = run_fit(world_session, data, world, position, callbacks, progress)
+        started = time.monotonic()
+        try:
+            logs = run_fit(world_session, data, world, position, callbacks, progress)
+        finally:
+            self.training_seconds += time.monotonic() - started
         self.result = FitResult(logs=logs, nonfinite=nonfinite, world=world, data=data,
-                                position=self.restored, resets=self.resets)
+                                position=self.restored, resets=self.resets,
+                                training_seconds=self.training_seconds)
         return logs
 
 
@@ -728,6 +739,7 @@ def summarise(session: Session, result: FitResult, started: float) -> typing.Dic
         "weights_sha256_per_rank": hashes,
         "weights_identical_on_all_ranks": len(set(hashes)) == 1,
         "wall_seconds": round(time.time() - started, 1),
+        "training_seconds": round(result.training_seconds, 1),
         # From the launch (or this worker's start) to the end of the first training step.
         "seconds_to_first_step": resources[0]["seconds_to_first_step"],
         "peak_rss_mb_per_rank": [rank["peak_rss_mb"] for rank in resources],
