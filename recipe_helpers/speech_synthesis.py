@@ -8,7 +8,10 @@ locally by Debian's speech synthesisers, one "speaker" per voice:
 * flite: its built-in voices (kal, kal16, awb, rms, slt), each at several speeds and
   pitches (flite's duration_stretch and int_f0_target_mean);
 * festival: the kal and ked diphone voices and the slt HTS voice, each at several pitches
-  and tempos (applied with sox).
+  and tempos (applied with sox); and, for training only, Debian's Italian, Finnish, Czech
+  and Catalan festival voices saying the words respelt in their language's spelling
+  (RESPELLINGS), so that the model hears more than one diphone voice before it meets
+  the unseen one (ked).
 
 Models trained on one engine's voices do not transfer to another's, so every split mixes
 all three engines, and the split is by speaker: a voice is in exactly one of train,
@@ -44,6 +47,30 @@ ESPEAK_EXCLUDED_VARIANTS = {"whisper", "female_whisper", "demonic", "fast_test",
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = {"kal": "voice_kal_diphone", "ked": "voice_ked_diphone",
                    "slt-hts": "voice_cmu_us_slt_arctic_hts"}
+# Other languages' festival voices: (voice command, language, Debian package). They read
+# text by their own language's rules, so English words are respelt for them (RESPELLINGS;
+# a word without a respelling is read as written). Training only: they are accented
+# speakers that widen what "a diphone voice" sounds like.
+FOREIGN_FESTIVAL_VOICES = {
+    "it-lp": ("voice_lp_diphone", "it", "festvox-italp16k"),
+    "it-pc": ("voice_pc_diphone", "it", "festvox-itapc16k"),
+    "fi-lj": ("voice_suo_fi_lj_diphone", "fi", "festvox-suopuhe-lj"),
+    "fi-mv": ("voice_hy_fi_mv_diphone", "fi", "festvox-suopuhe-mv"),
+    "cs-dita": ("voice_czech_dita", "cs", "festvox-czech-dita"),
+    "cs-machac": ("voice_czech_machac", "cs", "festvox-czech-machac"),
+    "cs-krb": ("voice_czech_krb", "cs", "festvox-czech-krb"),
+    "cs-ph": ("voice_czech_ph", "cs", "festvox-czech-ph"),
+    "ca-ona": ("voice_upc_ca_ona_hts", "ca", "festvox-ca-ona-hts"),
+}
+# English words as each language would spell their sound (our own approximations).
+_COMMON_RESPELLING = {"no": "nou", "up": "ap", "down": "daun", "left": "left",
+                      "right": "rait", "on": "on", "off": "of", "stop": "stop", "go": "gou"}
+RESPELLINGS = {
+    "it": {**_COMMON_RESPELLING, "yes": "ies"},
+    "fi": {**_COMMON_RESPELLING, "yes": "jes"},
+    "cs": {**_COMMON_RESPELLING, "yes": "jes", "right": "rajt"},
+    "ca": {**_COMMON_RESPELLING, "yes": "iès"},
+}
 # Held-out people for the flite and festival engines (few voices each, so chosen by hand:
 # every engine keeps voices in training and has an unseen one to test on).
 FLITE_SPLIT = {"kal": "train", "kal16": "train", "slt": "train", "awb": "validation",
@@ -51,7 +78,8 @@ FLITE_SPLIT = {"kal": "train", "kal16": "train", "slt": "train", "awb": "validat
 FESTIVAL_SPLIT = {"kal": "train", "slt-hts": "train", "ked": "test"}
 SAMPLE_RATE = 16000
 SMALL_ENGINE_FACTOR = 6
-GENERATOR_VERSION = 2  # part of the cache key: bump when the generated audio changes
+FOREIGN_VOICE_FACTOR = 2  # variations per foreign festival voice, x variations_per_speaker
+GENERATOR_VERSION = 3  # part of the cache key: bump when the generated audio changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +91,7 @@ class Voice:
     speaker: str  # file-name speaker id, e.g. "espeak-en-gb-scotland-m3"
     split: str  # train, validation or test
     variations: tuple  # ((speed factor, pitch factor), ...) recorded for this speaker
+    language: str = "en"  # a key of RESPELLINGS for the foreign festival voices
 
 
 def espeak_variants():
@@ -110,6 +139,10 @@ def plan_voices(espeak_speakers, variations_per_speaker, seed):
     for name, command in FESTIVAL_VOICES.items():
         voices.append(Voice("festival", command, f"festival-{name}", FESTIVAL_SPLIT[name],
                             variations(small, 0.8, 1.3)))
+    for name, (command, language, _) in FOREIGN_FESTIVAL_VOICES.items():
+        voices.append(Voice("festival", command, f"festival-{name}", "train",
+                            variations(variations_per_speaker * FOREIGN_VOICE_FACTOR,
+                                       0.8, 1.3), language))
     return voices
 
 
@@ -125,6 +158,7 @@ def _synthesise(voice, word, speed, pitch, raw_path):
                         f"int_f0_target_mean={round(110 * pitch)}", "-t", word, "-o", raw_path],
                        check=True, capture_output=True)
     else:
+        word = RESPELLINGS.get(voice.language, {}).get(word, word)
         script = (f'({voice.name})\n(utt.save.wave (utt.synth (Utterance Text "{word}")) '
                   f'"{raw_path}" \'riff)\n')
         subprocess.run(["festival", "--pipe"], input=script, text=True, check=True,
@@ -149,8 +183,22 @@ def _record(voice, word, variation_index, output_path):
                         output_path, *effects], check=True, capture_output=True)
 
 
+FESTIVAL_VOICE_DIRS = "/usr/share/festival/voices"
+
+
 def missing_tools():
-    return [tool for tool in ("espeak-ng", "flite", "festival", "sox") if not shutil.which(tool)]
+    """The programs and festival voice packages the generator needs that are not here."""
+    missing = [tool for tool in ("espeak-ng", "flite", "festival", "sox")
+               if not shutil.which(tool)]
+    installed = set()
+    if os.path.isdir(FESTIVAL_VOICE_DIRS):
+        for language in os.listdir(FESTIVAL_VOICE_DIRS):
+            if os.path.isdir(os.path.join(FESTIVAL_VOICE_DIRS, language)):
+                installed.update(os.listdir(os.path.join(FESTIVAL_VOICE_DIRS, language)))
+    for command, _, package in FOREIGN_FESTIVAL_VOICES.values():
+        if command[len("voice_"):] not in installed:
+            missing.append(package)
+    return missing
 
 
 def generate(output_dir, words, espeak_speakers, variations_per_speaker, seed, workers,

@@ -50,7 +50,9 @@ def test_generation_layout_audio_and_determinism(tmp_path, capsys):
     first = speech_synthesis.generate(str(tmp_path / "a"), words, 10, 1, seed=7, workers=2,
                                       progress_every=0)
     # Progress while generating: what, then a count that grows with a rate, then the end.
-    clips = 2 * (10 + 8 * speech_synthesis.SMALL_ENGINE_FACTOR)
+    foreign = len(speech_synthesis.FOREIGN_FESTIVAL_VOICES)
+    clips = 2 * (10 + 8 * speech_synthesis.SMALL_ENGINE_FACTOR
+                 + foreign * speech_synthesis.FOREIGN_VOICE_FACTOR)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith(f"generating {clips} speech clips (2 words x ")
     counts = [int(line.split(": ")[1].split("/")[0]) for line in lines
@@ -85,6 +87,10 @@ def test_generation_layout_audio_and_determinism(tmp_path, capsys):
     train_engines = {speaker.split("-")[0] for speaker, splits in speakers.items()
                      if splits == {"train"}}
     assert train_engines == {"espeak", "flite", "festival"}
+    # Other languages' voices are accented speakers for training only.
+    foreign_speakers = {f"festival-{name}" for name in speech_synthesis.FOREIGN_FESTIVAL_VOICES}
+    assert {speaker: speakers[speaker] for speaker in foreign_speakers} == {
+        speaker: {"train"} for speaker in foreign_speakers}
 
 
 @pytest.mark.fast
@@ -134,6 +140,19 @@ def test_bad_clips_are_reported_and_skipped_or_rejected(tmp_path):
     assert any("empty_nohash_0.wav is empty" in line for line in report["skipped_examples"])
     with pytest.raises(errors.DataError, match="3 unusable clips in .*--bad_clips=skip"):
         speech.scan_folder(config_for(tmp_path, bad_clips="error"), str(tmp_path))
+
+
+@pytest.mark.fast
+def test_a_missing_festival_voice_is_named_by_its_package_before_launch(tmp_path, monkeypatch):
+    assert speech_synthesis.missing_tools() == []  # the setup installs every voice
+    voices = tmp_path / "voices"
+    os.makedirs(voices / "italian" / "lp_diphone")
+    monkeypatch.setattr(speech_synthesis, "FESTIVAL_VOICE_DIRS", str(voices))
+    with pytest.raises(errors.DataError) as raised:
+        speech.check_data(config_lib.build(speech.SpeechConfig, {}))
+    message = str(raised.value)
+    assert "festvox-itapc16k" in message and "festvox-czech-ph" in message
+    assert "festvox-italp16k" not in message
 
 
 @pytest.mark.fast
