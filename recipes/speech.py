@@ -68,6 +68,11 @@ class SpeechConfig(config_lib.TrainConfig):
     window_samples: int = 400
     hop_samples: int = 160
     mel_bands: int = 40
+    # band_mean: each mel band's mean over the clip is subtracted (cepstral mean
+    # normalisation on the mel scale), which removes what a voice or a channel adds to
+    # every frame alike (spectral tilt, microphone colour): festival's unseen ked voice
+    # went from 0.57 to 0.89 with it. none: the plain log-mel.
+    band_normalisation: typing.Literal["band_mean", "none"] = "band_mean"
     # Augmentation (training only).
     time_shift_seconds: float = 0.1  # random shift of the clip within its window
     noise_probability: float = 0.8  # chance of mixing in noise
@@ -126,6 +131,14 @@ def log_mel(waveforms, config):
         num_mel_bins=config.mel_bands, num_spectrogram_bins=fft_length // 2 + 1,
         sample_rate=SAMPLE_RATE, lower_edge_hertz=20.0, upper_edge_hertz=7600.0)
     return tf.math.log(tf.tensordot(power, mel_matrix, 1) + 1e-6)
+
+
+def normalised(features, config):
+    """``features`` [..., frames, bands] after ``band_normalisation``; applied after any
+    augmentation, in training, validation and the export alike."""
+    if config.band_normalisation == "band_mean":
+        return features - tf.reduce_mean(features, axis=-2, keepdims=True)
+    return features
 
 
 def frequency_warp(features, max_warp, seed):
@@ -402,7 +415,7 @@ def _noise_tensor(noise_paths):
 
 
 def _features(waveform, label, config):
-    return log_mel(waveform, config)[..., None], label
+    return normalised(log_mel(waveform, config), config)[..., None], label
 
 
 def _required_splits(splits, data_dir):
@@ -423,7 +436,8 @@ def build_data(config: SpeechConfig, shard: data_lib.Shard) -> data_lib.Data:
         waveform_seed, features_seed = tf.unstack(
             tf.random.experimental.stateless_split(seed, 2))
         waveform = augment_waveform(waveform, noises, config, waveform_seed)
-        features = spec_augment(log_mel(waveform, config), config, features_seed)
+        features = normalised(spec_augment(log_mel(waveform, config), config, features_seed),
+                              config)
         return features[..., None], label
 
     train = data_lib.training_stream(
@@ -526,7 +540,7 @@ class SpeechServing(classification.ClassifierServing):
     def serve(self, waveform):
         length = clip_samples(self.config)
         fitted = tf.map_fn(lambda one: fit_length(one, length), waveform)
-        return self.classify(log_mel(fitted, self.config)[..., None])
+        return self.classify(normalised(log_mel(fitted, self.config), self.config)[..., None])
 
     def signatures(self):
         return {"serving_default": self.serve}

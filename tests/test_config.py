@@ -121,3 +121,31 @@ def test_epochs_left_to_the_recipe_follow_the_data(recipe, overrides, steps, epo
     assert count == epochs and note.startswith(f"{epochs} epochs: ") and why in note, note
     given = config_lib.build(chosen.config_class, dict(overrides, epochs="5"))
     assert train.choose_epochs(chosen, given, data, steps) == (5, "5 epochs (--epochs)")
+
+
+@pytest.mark.parametrize("setting, native, gpu, policy", [
+    ("false", True, None, "float32"),
+    ("auto", False, None, "float32"),  # emulated bfloat16 is slower than float32
+    ("auto", True, None, "mixed_bfloat16"),
+    ("auto", True, "/physical_device:GPU:0", "mixed_bfloat16"),  # never float16 unasked
+    ("true", False, None, "mixed_bfloat16"),
+    ("true", False, "/physical_device:GPU:0", "mixed_float16"),
+])
+def test_mixed_precision_auto_takes_bfloat16_only_where_the_hardware_has_it(
+        monkeypatch, setting, native, gpu, policy):
+    from toolkit.worker import runtime
+
+    monkeypatch.setattr(runtime, "native_bfloat16", lambda device: native)
+    config = config_lib.build(image.ImageConfig, {"mixed_precision": setting})
+    assert runtime.precision_policy(config, gpu) == policy
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    from toolkit.worker import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(runtime, "CPUINFO", str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert not runtime.native_bfloat16(None)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n")
+    assert runtime.native_bfloat16(None)

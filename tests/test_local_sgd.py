@@ -19,8 +19,9 @@ COMMON = BASE + ["--epochs=2", f"--max_steps_per_epoch={STEPS_PER_EPOCH}"]
 # Four steps: the network has kinks (ReLU), so rounding differences that move
 # an activation across one change a gradient by far more than rounding; over 8 steps that
 # happened on one CPU (4.5e-5) and not on another (2.4e-7), over 4 steps on neither.
+# float32: bfloat16 compute would round the two runs' float32 weights apart at each step.
 PLAIN_SGD = BASE + ["--epochs=1", "--max_steps_per_epoch=4", "--optimizer=sgd", "--momentum=0",
-                    "--base_learning_rate=0.05", "--warmup_epochs=0"]
+                    "--base_learning_rate=0.05", "--warmup_epochs=0", "--mixed_precision=false"]
 
 
 def final_weights(run_dir):

@@ -112,6 +112,28 @@ def test_a_pure_tone_lands_in_the_right_mel_band():
         assert abs(peak_hertz - frequency) < 0.15 * frequency
 
 
+@pytest.mark.fast
+def test_band_mean_normalisation_removes_a_voice_or_channel_colouring():
+    """A recording through a filter (here a first-order high-pass, like a thin
+    microphone or a brighter voice) scales each frequency's power by the same factor in
+    every frame: after band_mean normalisation the features barely change."""
+    rng = np.random.default_rng(0)
+    samples = np.zeros(16000)
+    for start, frequency in ((2000, 300.0), (6000, 1200.0), (10000, 3000.0)):
+        samples[start:start + 3000] += tone(frequency, 3000 / 16000)
+    samples += 0.01 * rng.standard_normal(16000)
+    coloured = np.append(samples[0], samples[1:] - 0.9 * samples[:-1])
+
+    def features(waveform, setting):
+        config = speech.SpeechConfig(band_normalisation=setting)
+        return speech.normalised(speech.log_mel(tf.constant(waveform, tf.float32), config),
+                                 config).numpy()
+
+    plain = np.abs(features(samples, "none") - features(coloured, "none")).mean()
+    normalised = np.abs(features(samples, "band_mean") - features(coloured, "band_mean")).mean()
+    assert normalised < plain / 10, (normalised, plain)
+
+
 def make_folder(root, words=("up", "down"), speakers=4):
     for word_index, word in enumerate(words):
         for speaker in range(speakers):

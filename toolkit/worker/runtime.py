@@ -61,8 +61,9 @@ def configure(config: config_lib.TrainConfig,
               "but TensorFlow finds no GPU (CUDA driver or libraries missing or mismatched); "
               "training runs on the CPU. VERBOSE=1 shows TensorFlow's own messages",
               flush=True)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy(precision_policy(config, gpu is not None))
+    policy = precision_policy(config, gpu)
+    if policy != "float32":
+        keras.mixed_precision.set_global_policy(policy)
     # Same seed everywhere: identical initial weights and reproducible runs (the model's
     # own random numbers are made per rank once it is built: see seed_per_rank).
     keras.utils.set_random_seed(config.seed)
@@ -72,18 +73,45 @@ def configure(config: config_lib.TrainConfig,
         tf.config.experimental.enable_op_determinism()
         keras.backend.experimental.enable_tf_random_generator()
     return {"intra_op_threads": intra_op, "device": gpu or "CPU",
-            "deterministic": config.deterministic}
+            "deterministic": config.deterministic, "precision": policy}
 
 
-def precision_policy(config: config_lib.TrainConfig, gpu: bool) -> str:
-    """The Keras mixed-precision policy: float16 on GPUs (tf_keras' compile then wraps
-    the optimizer, Horovod's DistributedOptimizer, in a LossScaleOptimizer with a dynamic
-    loss scale), bfloat16 on CPUs (same range as float32, no scaling needed); or the type
-    ``mixed_precision_type`` names."""
-    kind = config.mixed_precision_type
+def precision_policy(config: config_lib.TrainConfig, gpu: typing.Optional[str]) -> str:
+    """The Keras precision policy. ``mixed_precision=true``: float16 on GPUs (tf_keras'
+    compile then wraps the optimizer, Horovod's DistributedOptimizer, in a
+    LossScaleOptimizer with a dynamic loss scale), bfloat16 on CPUs (same range as
+    float32, no scaling needed), or the type ``mixed_precision_type`` names. ``auto``:
+    bfloat16 only where the hardware has bfloat16 arithmetic (elsewhere it is emulated
+    and slower than float32), never float16 (its loss scaling is a choice to make
+    knowingly). Variables stay float32 either way."""
+    if config.mixed_precision == "false" or (config.mixed_precision == "auto"
+                                             and not native_bfloat16(gpu)):
+        return "float32"
+    kind = "bfloat16" if config.mixed_precision == "auto" else config.mixed_precision_type
     if kind == "auto":
         kind = "float16" if gpu else "bfloat16"
     return "mixed_" + kind
+
+
+CPUINFO = "/proc/cpuinfo"
+
+
+def native_bfloat16(gpu: typing.Optional[str]) -> bool:
+    """Whether this worker's device computes in bfloat16 natively: a GPU of compute
+    capability 8.0 or later (Ampere on), or a CPU with AMX or AVX-512 BF16 instructions,
+    which oneDNN uses for bfloat16 matrix products and convolutions."""
+    if gpu is not None:
+        device = next((item for item in tf.config.list_physical_devices("GPU")
+                       if item.name == gpu), None)  # gpu: the physical device's name
+        details = tf.config.experimental.get_device_details(device) if device else {}
+        return tuple(details.get("compute_capability", (0, 0))) >= (8, 0)
+    try:
+        with open(CPUINFO) as stream:
+            flags = next((line.split(":", 1)[1].split() for line in stream
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
 
 
 def loss_scale_variables(model) -> typing.List[tf.Variable]:

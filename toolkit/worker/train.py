@@ -672,8 +672,15 @@ def write_run_config(session: Session, world: distributed.World,
           f"{world.size} workers x "
           f"{config.batch_size_per_worker} = global batch "
           f"{config.batch_size_per_worker * world.size}; {session.steps_per_epoch} "
-          f"steps/epoch; {session.epochs_note}; run folder {paths.run_dir}{resume_note}",
+          f"steps/epoch; {session.epochs_note}; "
+          f"{PRECISION_NOTES.get(session.runtime['precision'], session.runtime['precision'])}; "
+          f"run folder {paths.run_dir}{resume_note}",
           flush=True)
+
+
+PRECISION_NOTES = {"float32": "float32",
+                   "mixed_bfloat16": "bfloat16 compute, float32 weights (mixed_precision)",
+                   "mixed_float16": "float16 compute with loss scaling, float32 weights"}
 
 
 def stop_if_nonfinite(session: Session, result: FitResult) -> None:
