@@ -1,6 +1,7 @@
 """Typed configs: overrides parsed by type, unknown keys and bad values named."""
 
 import dataclasses
+import os
 import typing
 
 import pytest
@@ -149,3 +150,23 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     assert not runtime.native_bfloat16(None)
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n")
     assert runtime.native_bfloat16(None)
+
+
+@pytest.mark.parametrize("overrides, gpus, environment", [
+    ({}, False, "5.0"),  # CPU workers: Horovod's 1 ms polling costs them compute
+    ({}, True, "1.0"),  # GPU hosts: Horovod's own default
+    ({"cycle_time_ms": "2.5"}, False, "2.5"),  # the user's value wins
+    ({"cycle_time_ms": "2.5", "autotune": "true"}, True, "2.5"),
+    ({"autotune": "true"}, False, None),  # left unset: set, autotune could not tune it
+])
+def test_horovod_cycle_time_suits_the_device(monkeypatch, overrides, gpus, environment):
+    from toolkit.worker import runtime
+
+    monkeypatch.setattr(runtime, "_nvidia_device_files", lambda: gpus)
+    for name in ("HOROVOD_CYCLE_TIME", "HOROVOD_AUTOTUNE", "HOROVOD_STALL_CHECK_TIME_SECONDS",
+                 "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    config = config_lib.build(image.ImageConfig, overrides)
+    chosen = runtime.configure_horovod(config, paths=None)
+    assert os.environ.get("HOROVOD_CYCLE_TIME") == environment
+    assert chosen == float(environment or 1.0)

@@ -60,3 +60,4 @@ def test_recipe_trains_two_steps_and_exports(name, run_dir):
     assert os.path.exists(os.path.join(run_dir, "export", "1", "saved_model.pb"))
     config = read_json(os.path.join(run_dir, "config.json"))
     assert config["recipe"] == name and config["versions"]["horovod"] == "0.28.1"
+    assert config["runtime"]["horovod_cycle_time_ms"] == 5.0  # a CPU worker's

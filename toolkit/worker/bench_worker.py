@@ -90,6 +90,7 @@ def run_ours(options, recipe, config):
     config = config_lib.build(recipe.config_class, dict(
         options.overrides, intra_op_threads=str(options.threads), export="false",
         pin_cpus=str(options.pin).lower()))
+    runtime.configure_horovod(config, paths=None)  # as a run would: the same cycle time
     world = distributed.init()
     with log_noise.hidden(verbose=False):
         runtime.configure(config, world)

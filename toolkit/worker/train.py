@@ -143,13 +143,13 @@ class FitResult:
 def set_up_world(config: config_lib.TrainConfig, paths: run_folder.RunPaths,
                  verbose: bool) -> typing.Tuple[distributed.World, typing.Dict[str, typing.Any]]:
     """Start Horovod and the lifeline; threads, device, precision and seeds."""
-    runtime.configure_horovod(config, paths)
+    cycle_time_ms = runtime.configure_horovod(config, paths)
     world = distributed.init()
     guards.start_lifeline()
     # The first device query is where TensorFlow logs cuInit failures on CPU machines.
     with log_noise.hidden(verbose):
         chosen = runtime.configure(config, world)
-    return world, chosen
+    return world, {**chosen, "horovod_cycle_time_ms": cycle_time_ms}
 
 
 def agree(world: distributed.World, check: typing.Callable[[], typing.Any]) -> None:
