@@ -128,6 +128,23 @@ def test_sentence_pairs_with_mixed_precision_and_xla(tmp_path, run_dir, switches
     assert np.isfinite(summary["validation"]["loss"])
     labels = read_json(os.path.join(run_dir, "export", "1", "labels.json"))
     assert labels["class_names"] == ["different", "same"]
+    if "--mixed_precision=true" in switches:  # bfloat16 here, on a CPU
+        # The export computes in float32: a server without bfloat16 arithmetic would
+        # emulate it, and round a text differently depending on its batch.
+        graph = predict_in_fresh_process(GRAPH_TYPES, os.path.join(run_dir, "export", "1"),
+                                         cwd=str(tmp_path))
+        assert graph["float32"] and not graph["bfloat16"], graph
+
+
+GRAPH_TYPES = r"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # registers the tokenizer ops the export uses
+model = tf.saved_model.load(sys.argv[1])
+graph = str(model.signatures["serving_default"].graph.as_graph_def())  # with its functions
+print("RESULT " + json.dumps({"bfloat16": graph.count("DT_BFLOAT16"),
+                              "float32": graph.count("DT_FLOAT")}))
+"""
 
 
 PREDICT = r"""

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from helpers import TINY_IMAGE, event_steps, faults, kill_after_checkpoint, launch, read_json
+from helpers import (TINY_IMAGE, event_steps, faults, kill_after_checkpoint, launch, read_json,
+                     tiny_arguments)
+from toolkit import recipe as recipe_lib
 
 pytestmark = pytest.mark.multiprocess
 
@@ -80,6 +82,22 @@ def test_local_sgd_all_reduces_local_steps_times_less_often(tmp_path):
         (STEPS_PER_EPOCH * gradients + sizes["statistics"]) / 2 ** 20)
     assert event_steps(local, "train", "epoch_allreduce_megabytes")[1] == pytest.approx(
         (STEPS_PER_EPOCH / 4 * sizes["model"] + sizes["model"] + sizes["optimizer"]) / 2 ** 20)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", recipe_lib.names())
+def test_every_recipe_trains_under_local_sgd(tmp_path, name):
+    """Local SGD is the toolkit's, not a recipe's: every registered recipe trains with it
+    on two workers, ends with one model on both, and all-reduces every other step."""
+    run_dir = trained(tmp_path, name, [
+        f"--recipe={name}", "--np=2", *tiny_arguments(name), "--epochs=1",
+        "--max_steps_per_epoch=4", "--sync=local_sgd", "--local_steps=2", "--export=false"])
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["global_steps"] == 4 and summary["world_size"] == 2
+    assert summary["weights_identical_on_all_ranks"]
+    assert all(np.isfinite(value) for value in summary["validation"].values())
+    # Averagings after steps 2 and 4, and the one before validation.
+    assert event_steps(run_dir, "train", "epoch_allreduce_rounds") == {0: 4 / 2 + 1}
 
 
 def checkpoint_bytes(run_dir):

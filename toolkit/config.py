@@ -59,7 +59,7 @@ class TrainConfig:
     # true: float16 on GPU, bfloat16 on CPU (mixed_precision_type); auto: bfloat16 where
     # the hardware computes in it natively (CPUs with AMX or AVX-512 BF16, GPUs of compute
     # capability 8.0 or later), float32 elsewhere; false: float32.
-    mixed_precision: typing.Literal["auto", "true", "false"] = "false"
+    mixed_precision: typing.Literal["auto", "true", "false"] = "auto"
     # auto: float16 with dynamic loss scaling on GPUs, bfloat16 on CPUs; float16 forces
     # the GPU path anywhere (slow on CPUs: the tests use it to run that path).
     mixed_precision_type: typing.Literal["auto", "float16", "bfloat16"] = "auto"

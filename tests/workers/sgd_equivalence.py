@@ -37,6 +37,9 @@ class LinearConfig(config_lib.TrainConfig):
     warmup_epochs: float = 0.0
     lr_decay: typing.Literal["cosine", "linear", "none"] = "none"
     base_learning_rate: float = 0.05
+    # float32: what is compared is the distributed arithmetic; bfloat16 compute (auto's
+    # choice on CPUs that have it) would round the runs apart at every step.
+    mixed_precision: typing.Literal["auto", "true", "false"] = "false"
 
 
 def examples(count, seed):

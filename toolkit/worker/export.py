@@ -6,6 +6,7 @@ import shutil
 import time
 
 import tensorflow as tf
+import tf_keras as keras
 
 
 def save(recipe, config, model, data, directory):
@@ -24,14 +25,23 @@ def save(recipe, config, model, data, directory):
     # unloadable where Horovod is not installed.
     started = time.monotonic()
     print(f"[toolkit] exporting the model to {directory} ...", flush=True)
-    clean_model = recipe.build_model(config, data)
-    clean_model.set_weights(model.get_weights())
-    serving = recipe.build_serving(config, clean_model, data)
-    os.makedirs(directory, exist_ok=True)
-    version = max(versions(directory), default=0) + 1
-    staging = os.path.join(directory, f".partial-{version}")
-    shutil.rmtree(staging, ignore_errors=True)
-    tf.saved_model.save(serving, staging, signatures=serving.signatures())
+    # Built and traced in float32 whatever the run computed in: the weights are float32
+    # under every mixed policy, and a server without bfloat16 arithmetic would otherwise
+    # emulate it (slowly, and rounding each request differently depending on what it is
+    # batched with).
+    trained_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clean_model = recipe.build_model(config, data)
+        clean_model.set_weights(model.get_weights())
+        serving = recipe.build_serving(config, clean_model, data)
+        os.makedirs(directory, exist_ok=True)
+        version = max(versions(directory), default=0) + 1
+        staging = os.path.join(directory, f".partial-{version}")
+        shutil.rmtree(staging, ignore_errors=True)
+        tf.saved_model.save(serving, staging, signatures=serving.signatures())
+    finally:
+        keras.mixed_precision.set_global_policy(trained_policy)
     with open(os.path.join(staging, "labels.json"), "w") as stream:
         json.dump({"class_names": list(data.class_names), "recipe": recipe.name,
                    "version": version}, stream, indent=2)
