@@ -44,7 +44,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages horovod horovod-wheel gpu-build-check train test test-fast \
-  tensorboard config doctor slurm mpijob bench bench-data bench-serve prepare-data serve clean
+  tensorboard config doctor slurm mpijob bench bench-data bench-epochs bench-serve prepare-data serve clean
 
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
@@ -171,6 +171,11 @@ bench: setup ## throughput, scaling and peers for NP="1 2 ...": bench/<recipe>/<
 # Generates its data sets once in .cache/bench-data (about 1 GB, a few minutes).
 bench-data: setup ## data path at real sizes: start-up, resume cost, memory: bench/data/<time>/
 	$(VENV_PYTHON) -m toolkit.launcher.bench_data --repeats=$(REPEATS) $(ARGS)
+
+# Installs Debian's fortunes (its text set) on first use; the digits come with scikit-learn.
+bench-epochs: setup ## the epochs rule on public data sets (digits, fortunes): bench/epochs/<time>/
+	@$(MAKE) --no-print-directory system-packages PACKAGES=fortunes
+	$(VENV_PYTHON) -m toolkit.launcher.bench_epochs --np=$(or $(NP),2) $(ARGS)
 
 # Trains a short default run per recipe once (.cache/bench-serve) unless runs/ has one.
 bench-serve: setup ## make serve under load, batching on/off, c=1,8,32: bench/serve/<time>/
