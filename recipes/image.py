@@ -59,6 +59,7 @@ class ImageConfig(config_lib.TrainConfig):
     image_size: int = 0  # images are resized to image_size x image_size
     channels: int = 0  # 1 = grayscale, 3 = RGB; inputs are converted
     augment: bool = True  # random flip and shift, training only
+    shift_fraction: float = 0.125  # largest random shift, of the side; 0 = flips only
     bad_images: typing.Literal["skip", "error"] = "error"  # unreadable files in data_dir
 
     # Model: a ResNet of `stages` stages, each halving resolution and doubling width.
@@ -73,6 +74,8 @@ class ImageConfig(config_lib.TrainConfig):
         config_lib.require(self, "channels", self.channels in (0, 1, 3),
                            "1 (grey), 3 (colour), or 0 for the data's own")
         config_lib.require(self, "width", self.width >= 1, "an integer >= 1")
+        config_lib.require(self, "shift_fraction", 0 <= self.shift_fraction < 0.5,
+                           "a fraction of the side in [0, 0.5)")
         config_lib.require(self, "stages", self.stages >= 1, "an integer >= 1")
         config_lib.require(self, "blocks_per_stage", self.blocks_per_stage >= 1,
                            "an integer >= 1")
@@ -94,7 +97,7 @@ def build_data(config: ImageConfig, shard: data_lib.Shard) -> data_lib.Data:
     config, shape_note = resolved(config)
     def prepare_for_training(image, label, seed):
         image = to_model_input(image, config.image_size, config.channels)
-        return (augment(image, seed) if config.augment else image), label
+        return (augment(image, seed, config.shift_fraction) if config.augment else image), label
 
     train_stream = None
     if config.data_dir:
@@ -520,13 +523,15 @@ def to_model_input(images, image_size, channels):
     return images / 255.0
 
 
-def augment(image, seed):
-    """Random horizontal flip and a shift of up to 1/8 of the side (pad, then crop), drawn
-    from ``seed`` (one per example, see toolkit.data.TrainingStream)."""
+def augment(image, seed, shift_fraction):
+    """Random horizontal flip and a shift of up to ``shift_fraction`` of the side (pad,
+    then crop), drawn from ``seed`` (one per example, see toolkit.data.TrainingStream)."""
     size = image.shape[0]
-    pad = max(size // 8, 1)
+    pad = max(int(size * shift_fraction), 1) if shift_fraction else 0
     flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if pad == 0:
+        return image
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     return tf.image.stateless_random_crop(image, (size, size, image.shape[-1]), crop_seed)
 

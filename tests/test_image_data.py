@@ -218,3 +218,20 @@ def test_two_ranks_augment_the_same_image_differently(tmp_path):
                      [0].numpy() for rank in (0, 1)]
     for rank_0, rank_1 in zip(*first_batches):  # the k-th example of each rank
         assert not np.array_equal(rank_0, rank_1)
+
+
+@pytest.mark.fast
+def test_shift_fraction_zero_augments_by_flips_alone():
+    """--shift_fraction=0: each augmented image is the original or its mirror, and both
+    occur; the default also shifts (by up to an eighth of the side)."""
+    pixels = np.zeros((16, 16, 1), np.float32)
+    pixels[2:14, 2:6] = 1.0  # a bar near the left edge
+    seeds = [tf.constant([7, index], tf.int64) for index in range(32)]
+    flipped = pixels[:, ::-1]
+    only_flips = [image.augment(tf.constant(pixels), seed, 0.0).numpy() for seed in seeds]
+    assert all(np.array_equal(out, pixels) or np.array_equal(out, flipped) for out in only_flips)
+    assert any(np.array_equal(out, flipped) for out in only_flips)
+    assert any(np.array_equal(out, pixels) for out in only_flips)
+    shifted = [image.augment(tf.constant(pixels), seed, 0.125).numpy() for seed in seeds]
+    assert not all(np.array_equal(out, pixels) or np.array_equal(out, flipped)
+                   for out in shifted)
