@@ -95,7 +95,7 @@ def test_describe_lists_every_key():
 
 
 @pytest.mark.parametrize("recipe, overrides, steps, epochs, why", [
-    ("image", {}, 468, 8, "Fashion-MNIST"),
+    ("image", {}, 468, 12, "Fashion-MNIST"),
     ("image", {"data_dir": "x"}, 10, 60, "10 steps per epoch"),
     ("image", {"data_dir": "x"}, 100, 20, "at least 8 epochs and 2,000 steps"),
     ("image", {"data_dir": "x"}, 1000, 8, "at most 60 epochs"),

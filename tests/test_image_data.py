@@ -235,3 +235,17 @@ def test_shift_fraction_zero_augments_by_flips_alone():
     shifted = [image.augment(tf.constant(pixels), seed, 0.125).numpy() for seed in seeds]
     assert not all(np.array_equal(out, pixels) or np.array_equal(out, flipped)
                    for out in shifted)
+
+
+@pytest.mark.fast
+def test_shift_fraction_minus_one_is_flips_only_on_fashion_mnist_and_shifts_elsewhere(tmp_path):
+    for name in CLASSES:
+        os.makedirs(tmp_path / name)
+        for index in range(2):
+            Image.fromarray(np.zeros((16, 16), np.uint8), "L").save(tmp_path / name / f"{index}.png")
+    chosen = {
+        source: image.resolved(config_lib.build(image.ImageConfig, overrides))[0].shift_fraction
+        for source, overrides in {
+            "fashion-mnist": {}, "folder": {"data_dir": str(tmp_path)},
+            "given": {"data_dir": str(tmp_path), "shift_fraction": "0.05"}}.items()}
+    assert chosen == {"fashion-mnist": 0.0, "folder": image.SHIFT_FRACTION, "given": 0.05}
