@@ -172,9 +172,13 @@ bench: setup ## throughput, scaling and peers for NP="1 2 ...": bench/<recipe>/<
 bench-data: setup ## data path at real sizes: start-up, resume cost, memory: bench/data/<time>/
 	$(VENV_PYTHON) -m toolkit.launcher.bench_data --repeats=$(REPEATS) $(ARGS)
 
-# Installs Debian's fortunes (its text set) on first use; the digits come with scikit-learn.
-bench-epochs: setup ## the epochs rule on public data sets (digits, fortunes): bench/epochs/<time>/
-	@$(MAKE) --no-print-directory system-packages PACKAGES=fortunes
+# Installs Debian's fortunes (its text set) and six voices of Asterisk's prompts (its
+# speech set, ~120 MB) on first use; the digits come with scikit-learn.
+ASTERISK_VOICE_PACKAGES := asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav \
+  asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav \
+  asterisk-prompt-it-menardi-wav
+bench-epochs: setup ## the epochs rule on public data sets (digits, fortunes, voices): bench/epochs/<time>/
+	@$(MAKE) --no-print-directory system-packages PACKAGES="fortunes $(ASTERISK_VOICE_PACKAGES)"
 	$(VENV_PYTHON) -m toolkit.launcher.bench_epochs --np=$(or $(NP),2) $(ARGS)
 
 # Trains a short default run per recipe once (.cache/bench-serve) unless runs/ has one.

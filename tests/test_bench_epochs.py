@@ -3,11 +3,14 @@ bench itself trains for minutes and is not part of the suite)."""
 
 import os
 
+import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from recipe_helpers import text_files
 from recipes import bert
 from recipes import image
+from recipes import speech
 from toolkit import config as config_lib
 from toolkit.launcher import bench_epochs
 
@@ -46,3 +49,55 @@ def test_fortunes_become_csv_files_labelled_by_category_and_split_by_text(tmp_pa
     assert 5 <= validation_summary.rows <= 30  # one in five, by a hash of the text
     texts = text_files.read(train).texts + text_files.read(validation).texts
     assert sorted(texts) == sorted(quotes["computers"] + quotes["law"])  # quotes and lines kept
+
+
+def test_the_demo_epochs_compared_are_what_each_recipe_trains_its_demo_set_for():
+    for name, module, config_class in (("image", image, image.ImageConfig),
+                                       ("bert", bert, bert.BertConfig),
+                                       ("speech", speech, speech.SpeechConfig)):
+        epochs, _ = module.choose_epochs(config_lib.build(config_class, {}), None, 1)
+        assert bench_epochs.DEMO_EPOCHS[name] == epochs, name
+
+
+def _write_prompt(path, seconds, rate=8000):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    samples = (np.sin(np.arange(int(seconds * rate)) * 0.3) * 8000).astype(np.int16)
+    wavfile.write(path, rate, samples)
+
+
+def test_asterisks_voices_become_a_speech_folder_split_by_prompt_across_voices(tmp_path):
+    sounds = tmp_path / "sounds"
+    voices = ("en_US_f_Allison", "it_IT_m_Carlo")
+    prompts = ([f"digits/{digit}.wav" for digit in range(10)]
+               + [f"letters/{letter}.wav" for letter in "abcdefghijklmnopqrstuvwxyz"]
+               + [f"prompt-{index}.wav" for index in range(24)])
+    for voice in voices:
+        for prompt in prompts:
+            _write_prompt(str(sounds / voice / prompt), seconds=2.5)
+        _write_prompt(str(sounds / voice / "silence" / "1.wav"), seconds=1.0)
+    folder = bench_epochs.voices_folder(str(tmp_path / "out"), str(sounds), voices)
+    assert sorted(os.listdir(folder)) == sorted(voices)
+    assert sorted(os.listdir(os.path.join(folder, voices[0]))) == sorted(
+        prompt.replace("/", "-") for prompt in prompts)  # flattened; silence left out
+    config = config_lib.build(speech.SpeechConfig, {"data_dir": folder,
+                                                    "cache_dir": str(tmp_path / "cache")})
+    speech.check_data(config)
+    clips, names, _, report = speech.scan_folder(config, folder)
+    assert names == sorted(voices) and report["clips"] == 2 * len(prompts)
+    assert report["resampled"] == len(clips) and report["sampled_longer"] > 0  # 8 kHz, 2.5 s
+    splits = speech.split_clips(clips, folder, config)
+    split_of = {(names[clip.label], clip.speaker): split
+                for split, members in splits.items() for clip in members}
+    assert all(splits.values())
+    for prompt in prompts:  # a held-out prompt is held out in every voice
+        speaker = prompt.replace("/", "-")[:-len(".wav")]
+        assert split_of[(voices[0], speaker)] == split_of[(voices[1], speaker)]
+    assert bench_epochs.voices_folder(str(tmp_path / "out"), str(sounds), voices) == folder
+
+
+def test_make_bench_epochs_installs_the_voices_it_reads():
+    with open(os.path.join(bench_epochs.PROJECT_ROOT, "Makefile")) as stream:
+        makefile = stream.read().replace("\\\n", " ")
+    line = next(line for line in makefile.splitlines()
+                if line.startswith("ASTERISK_VOICE_PACKAGES :="))
+    assert sorted(line.split(":=")[1].split()) == sorted(bench_epochs.ASTERISK_VOICES)
