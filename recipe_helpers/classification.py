@@ -1,5 +1,6 @@
-"""Loss, metrics and the serving head of every classification recipe."""
+"""Config, loss, metrics and the serving head of every classification recipe."""
 
+import dataclasses
 import typing
 
 import tensorflow as tf
@@ -8,8 +9,42 @@ import tf_keras as keras
 from toolkit import config as config_lib
 
 
-def build_loss(config: config_lib.TrainConfig) -> keras.losses.Loss:
-    """Cross-entropy on integer labels and float32 logits."""
+@dataclasses.dataclass
+class ClassifierConfig(config_lib.TrainConfig):
+    """The keys every classification recipe adds to the shared ones."""
+    # Trains toward (1 - s) on the true class and s / classes spread over all (Szegedy et
+    # al. 2016); 0 = plain cross-entropy. The loss logged (and `val_loss`) includes it.
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        config_lib.require(self, "label_smoothing", 0 <= self.label_smoothing < 1,
+                           "a number in [0, 1)")
+
+
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy of integer labels, smoothed toward the uniform distribution."""
+
+    def __init__(self, label_smoothing: float, name: str = "smoothed_cross_entropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, labels, logits):
+        logits = tf.cast(logits, tf.float32)
+        labels = tf.reshape(tf.cast(labels, tf.int32), tf.shape(logits)[:-1])
+        targets = tf.one_hot(labels, tf.shape(logits)[-1])
+        return keras.losses.categorical_crossentropy(targets, logits, from_logits=True,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def build_loss(config: ClassifierConfig) -> keras.losses.Loss:
+    """Cross-entropy on integer labels and float32 logits, label-smoothed if configured."""
+    if config.label_smoothing:
+        return SmoothedCrossEntropy(config.label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 

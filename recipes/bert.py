@@ -52,7 +52,7 @@ SERVING_CHUNK_ROWS = 8
 
 
 @dataclasses.dataclass
-class BertConfig(config_lib.TrainConfig):
+class BertConfig(classification.ClassifierConfig):
     # 0 = choose_epochs: one pass over 20,000 WordNet definitions (wordnet_train_examples)
     # fine-tunes MiniLM past 0.90 validation accuracy in about 5 minutes with NP=2 on 2 CPU
     # cores; a user's data gets the usual 2 to 4 epochs of BERT fine-tuning.

@@ -42,7 +42,7 @@ BACKGROUND_NOISE_FOLDER = "_background_noise_"
 
 
 @dataclasses.dataclass
-class SpeechConfig(config_lib.TrainConfig):
+class SpeechConfig(classification.ClassifierConfig):
     # 0 = choose_epochs: 40 for the generated clips (3,920 training clips; ~11 s an
     # epoch with NP=2 on 2 CPU cores in bfloat16). Before the foreign voices and band
     # normalisation, 80 epochs over half the clips (2 variations) gave 0.863 and 0.919

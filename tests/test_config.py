@@ -48,7 +48,8 @@ def test_wrong_type_names_key_value_and_what_is_valid(key, value, expected):
 
 
 @pytest.mark.parametrize("key, value", [("epochs", "-1"), ("batch_size_per_worker", "-1"),
-                                        ("channels", "2"), ("base_learning_rate", "0")])
+                                        ("channels", "2"), ("base_learning_rate", "0"),
+                                        ("label_smoothing", "1"), ("label_smoothing", "-0.1")])
 def test_out_of_range_values_are_rejected(key, value):
     with pytest.raises(errors.ConfigError, match=key):
         config_lib.build(image.ImageConfig, {key: value})
