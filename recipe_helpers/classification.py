@@ -41,9 +41,11 @@ class SmoothedCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def build_loss(config: ClassifierConfig) -> keras.losses.Loss:
-    """Cross-entropy on integer labels and float32 logits, label-smoothed if configured."""
-    if config.label_smoothing:
+def build_loss(config: config_lib.TrainConfig) -> keras.losses.Loss:
+    """Cross-entropy on integer labels and float32 logits, label-smoothed if configured.
+    A recipe whose config is not a ClassifierConfig (one written before the key) gets
+    plain cross-entropy."""
+    if getattr(config, "label_smoothing", 0.0):
         return SmoothedCrossEntropy(config.label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

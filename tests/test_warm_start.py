@@ -9,10 +9,13 @@ from PIL import Image
 from helpers import TINY_IMAGE, launch, read_json
 from recipes import image
 
-# One run of Fashion-MNIST the warm starts start from (built once per session).
+# One run of Fashion-MNIST the warm starts start from (built once per session). Without
+# label smoothing: this tiny model is far from trained after 120 steps, and smoothing
+# moved the warm start's accuracy by more than the 0.01 margin below (0.472 against the
+# first run's 0.496, 1,024 examples); what is tested is the warm start, not the loss.
 STEPS = 120
 SHORT_RUN = ["--recipe=image", "--np=1", "--epochs=1", *TINY_IMAGE, "--export=false",
-             "--max_validation_examples=1024"]
+             "--max_validation_examples=1024", "--label_smoothing=0"]
 
 
 @pytest.fixture(scope="module")
