@@ -41,3 +41,10 @@ def test_every_classification_recipe_takes_the_key():
     for config_class in (image.ImageConfig, bert.BertConfig, speech.SpeechConfig):
         config = config_lib.build(config_class, {"label_smoothing": "0.2"})
         assert classification.build_loss(config).label_smoothing == 0.2
+
+
+def test_a_recipe_config_without_the_key_gets_plain_cross_entropy():
+    """Recipes written before the key (a TrainConfig of their own) keep working."""
+    loss = classification.build_loss(config_lib.TrainConfig())
+    value = float(loss(tf.constant(LABELS), tf.constant(LOGITS)))
+    assert value == pytest.approx(_expected(0.0), rel=1e-5)
