@@ -1,10 +1,14 @@
 """The launcher refuses bad input before anything starts; user errors and bugs differ."""
 
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 
-from helpers import PYTHON, TINY_IMAGE, WORKER, launch, read_json, run
+from helpers import (HOROVODRUN, PROJECT_ROOT, PYTHON, TINY_IMAGE, WORKER, environment, launch,
+                     read_json, run)
 from recipes import image
 from toolkit import errors
 from toolkit import recipe as recipe_lib
@@ -22,6 +26,77 @@ def test_dry_run_builds_the_horovodrun_command(tmp_path, capsys):
                 if line.startswith("[launch]"))
     assert "horovodrun -np 2 --gloo" in line and " -H localhost:2 " in line
     assert f"-m {WORKER} recipe=image run_dir={tmp_path}/r epochs=1" in line
+
+
+# A signal that arrives while the SIGTERM handler is inside Event.set finds its lock held
+# by the handler it interrupted; `with event._cond` puts the main thread in that state.
+# faulthandler ends a process that hangs there, with exit code 1.
+NESTED_SIGNAL_SCRIPT = """
+import faulthandler, os, signal, sys
+faulthandler.dump_traceback_later(float(sys.argv[2]), exit=True)
+from horovod.runner import gloo_run
+from toolkit.launcher import horovodrun
+register = {"horovod": gloo_run.register_shutdown_event,
+            "toolkit": horovodrun.register_shutdown_event}[sys.argv[1]]
+event = register()
+with event._cond:
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+for _ in range(1000):
+    os.kill(os.getpid(), signal.SIGTERM)
+print("shutdown event set" if event.wait(10) else "shutdown event not set", flush=True)
+"""
+
+
+def nested_signal(which, watchdog_seconds):
+    return subprocess.run([PYTHON, "-c", NESTED_SIGNAL_SCRIPT, which, str(watchdog_seconds)],
+                          env=environment(), cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.fast
+def test_a_signal_during_the_shutdown_handler_does_not_hang_horovodrun():
+    """Horovod's own handler deadlocks on a signal that interrupts it (the reason for the
+    repair); the toolkit's sets the shutdown event, and a storm of SIGTERMs after it is
+    harmless."""
+    horovod = nested_signal("horovod", 5)
+    assert horovod.returncode != 0 and "shutdown event" not in horovod.stdout, (
+        "Horovod's handler no longer deadlocks: toolkit/launcher/horovodrun.py's repair "
+        f"may be dropped\n{horovod.stdout}{horovod.stderr[-2000:]}")
+    toolkit = nested_signal("toolkit", 60)
+    assert toolkit.returncode == 0, toolkit.stderr[-3000:]
+    assert toolkit.stdout.strip() == "shutdown event set"
+
+
+def test_horovodrun_stops_its_workers_after_a_storm_of_sigterms(tmp_path):
+    """The launcher's horovodrun, given many SIGTERMs at once (a process-group kill plus
+    the forwarded one is already two), ends its workers and exits."""
+    marker = tmp_path / "worker-started"
+    worker = (f"import pathlib, time; pathlib.Path({str(marker)!r}).write_text('up'); "
+              "time.sleep(600)")
+    process = subprocess.Popen(
+        [*HOROVODRUN, "-np", "2", "--gloo", "-H", "localhost:2", PYTHON, "-c", worker],
+        env=environment(), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the workers did not start"
+        for _ in range(300):
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+        process.wait(timeout=60)
+        time.sleep(1)
+        survivors = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True,
+                                   text=True).stdout.split()
+        assert not survivors, f"workers still running: {survivors}"
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.mark.fast
