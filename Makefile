@@ -73,7 +73,7 @@ SYSTEM_PACKAGES := dataset-fashion-mnist wordnet-base \
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox \
   festvox-italp16k festvox-itapc16k festvox-suopuhe-lj festvox-suopuhe-mv \
   festvox-czech-dita festvox-czech-machac festvox-czech-krb festvox-czech-ph \
-  festvox-ca-ona-hts \
+  festvox-ca-ona-hts festvox-ru \
   openssh-client cmake g++ make
 # For the tests only: the multi-host test runs sshd in network namespaces; shellcheck
 # checks the build scripts.

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import event_scalars, launch, predict_in_fresh_process, read_json, tiny_arguments
+from helpers import (PROJECT_ROOT, event_scalars, launch, predict_in_fresh_process, read_json,
+                     tiny_arguments)
 from recipe_helpers import speech_synthesis
 from recipes import speech
 from toolkit import config as config_lib
+from toolkit import data as data_lib
 from toolkit import errors
 
 TINY = tiny_arguments("speech")
@@ -94,6 +96,16 @@ def test_generation_layout_audio_and_determinism(tmp_path, capsys):
 
 
 @pytest.mark.fast
+def test_make_setup_installs_every_festival_voice_the_generator_uses():
+    with open(os.path.join(PROJECT_ROOT, "Makefile")) as stream:
+        makefile = stream.read().replace("\\\n", " ")
+    line = next(line for line in makefile.splitlines() if line.startswith("SYSTEM_PACKAGES :="))
+    packages = set(line.split(":=")[1].split())
+    needed = {package for _, _, package in speech_synthesis.FOREIGN_FESTIVAL_VOICES.values()}
+    assert needed <= packages, sorted(needed - packages)
+
+
+@pytest.mark.fast
 def test_a_pure_tone_lands_in_the_right_mel_band():
     config = speech.SpeechConfig()
     mel_edges = tf.signal.linear_to_mel_weight_matrix(
@@ -132,6 +144,23 @@ def test_band_mean_normalisation_removes_a_voice_or_channel_colouring():
     plain = np.abs(features(samples, "none") - features(coloured, "none")).mean()
     normalised = np.abs(features(samples, "band_mean") - features(coloured, "band_mean")).mean()
     assert normalised < plain / 10, (normalised, plain)
+
+
+@pytest.mark.fast
+def test_strided_blocks_halve_the_maps_the_later_blocks_work_on():
+    def last_map(strided_blocks):
+        config = config_lib.build(speech.SpeechConfig, {"strided_blocks": str(strided_blocks)})
+        model = speech.build_model(config, data_lib.Data(
+            train=None, validation=None, validation_examples=0, class_names=["a", "b"],
+            description=""))
+        pooled = next(layer for layer in model.layers
+                      if type(layer).__name__ == "GlobalAveragePooling2D")
+        return tuple(pooled.input.shape[1:3])
+
+    # The first convolution's stride 2 makes 49 x 20 maps of the 98 x 40 log-mel.
+    assert [last_map(count) for count in (0, 1, 2)] == [(49, 20), (25, 10), (13, 5)]
+    with pytest.raises(errors.ConfigError, match="strided_blocks"):
+        config_lib.build(speech.SpeechConfig, {"blocks": "2", "strided_blocks": "3"})
 
 
 def make_folder(root, words=("up", "down"), speakers=4):
