@@ -223,7 +223,7 @@ def generate(output_dir, words, espeak_speakers, variations_per_speaker, seed, w
         raise errors.DataError(
             "generating the speech data set needs the Debian packages espeak-ng, flite, "
             f"festival (with festvox voices) and sox; missing: {', '.join(missing)}. Run "
-            "make setup, or pass --data_dir with your own recordings")
+            "make system-packages, or pass --data_dir with your own recordings")
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     with open(os.path.join(parent, ".generate.lock"), "w") as lock:

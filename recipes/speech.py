@@ -478,7 +478,8 @@ def check_data(config: SpeechConfig) -> None:
         if missing:
             raise errors.DataError(
                 "generating the default speech data set needs espeak-ng, flite, festival and "
-                f"sox; missing: {', '.join(missing)}. Run make setup, or pass --data_dir")
+                f"sox; missing: {', '.join(missing)}. Run make system-packages (a checkout "
+                "set up before these voices were added needs it too), or pass --data_dir")
         return
     clips, _, _, _ = scan_folder(config, config.data_dir)
     _required_splits(split_clips(clips, config.data_dir, config), config.data_dir)
