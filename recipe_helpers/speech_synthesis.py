@@ -17,8 +17,8 @@ Models trained on one engine's voices do not transfer to another's, so every spl
 all three engines, and the split is by speaker: a voice is in exactly one of train,
 validation and test. Recordings of the same person in two engines (flite kal and
 festival kal_diphone; flite slt and festival slt HTS) count as one speaker. Clips are
-written as 16 kHz mono 16-bit WAV in the Speech Commands layout
-(``<word>/<speaker>_nohash_<n>.wav`` plus ``validation_list.txt`` and
+trimmed to the word (trim_to_word) and written as 16 kHz mono 16-bit WAV in the Speech
+Commands layout (``<word>/<speaker>_nohash_<n>.wav`` plus ``validation_list.txt`` and
 ``testing_list.txt``). The same words, voices and seed give the same files.
 """
 
@@ -34,6 +34,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import wave
+
+import numpy as np
 
 from toolkit import errors
 from toolkit import manifests
@@ -85,7 +88,7 @@ SMALL_ENGINE_FACTOR = 6
 # rather than 2 (80), with the Russian voice added, and the model's strided_blocks: see
 # recipes/speech.py for what that measured.
 FOREIGN_VOICE_FACTOR = 4
-GENERATOR_VERSION = 4  # part of the cache key: bump when the generated audio changes
+GENERATOR_VERSION = 5  # part of the cache key: bump when the generated audio changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,21 +175,57 @@ def _synthesise(voice, word, speed, pitch, raw_path):
 
 
 def _record(voice, word, variation_index, output_path):
-    """One clip: synthesise, then with sox convert to 16 kHz mono 16-bit, apply the
-    voice variation (festival's pitch and tempo), trim silence and normalise."""
+    """One clip: synthesise, then with sox convert to 16 kHz mono 16-bit and apply the
+    voice variation (festival's pitch and tempo); then trim to the word (trim_to_word)
+    and normalise its peak to -3 dB full scale."""
     speed, pitch = voice.variations[variation_index]
     with tempfile.TemporaryDirectory() as scratch:
         raw_path = os.path.join(scratch, "raw.wav")
+        converted_path = os.path.join(scratch, "converted.wav")
         _synthesise(voice, word, speed, pitch, raw_path)
         effects = []
         if voice.engine == "festival":
             effects += ["pitch", str(round(1200 * math.log2(pitch))), "tempo", str(speed)]
-        effects += ["silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%",
-                    "reverse", "norm", "-3"]
         # -D: no dither, which sox otherwise adds at random when it reduces bit depth, so
         # that the same seed gives the same bytes.
         subprocess.run(["sox", "-D", raw_path, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
-                        output_path, *effects], check=True, capture_output=True)
+                        converted_path, *effects], check=True, capture_output=True)
+        with wave.open(converted_path, "rb") as reader:
+            samples = np.frombuffer(reader.readframes(reader.getnframes()), np.int16)
+    samples = trim_to_word(samples.astype(np.float64))
+    peak = np.max(np.abs(samples)) if samples.size else 0.0
+    scaled = samples * (32767 * 10 ** (-3 / 20) / peak) if peak else samples
+    with wave.open(output_path, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(SAMPLE_RATE)
+        writer.writeframes(np.round(scaled).astype(np.int16).tobytes())
+
+
+# A frame belongs to the word when its loudness is within WORD_RANGE_DB of the loudest
+# frame's. The engines' pauses are digital silence or, for festival's diphone voices, a
+# floor 35-55 dB below the word; a quiet final stop (the release of ked's "up" sits 23 dB
+# below its vowel, after 20 ms of closure) is inside the range. sox's silence effect
+# (20 ms above 0.5 % of full scale), used before, cut such releases: ked's "up" kept 50
+# ms of its vowel, kal's 114 ms.
+WORD_RANGE_DB = 30.0
+FRAME_SECONDS = 0.01
+WORD_MARGIN_SECONDS = 0.01  # kept before the first and after the last frame of the word
+
+
+def trim_to_word(samples):
+    """``samples`` from the first to the last 10 ms frame within WORD_RANGE_DB of the
+    loudest frame, with WORD_MARGIN_SECONDS on each side."""
+    frame = int(SAMPLE_RATE * FRAME_SECONDS)
+    count = len(samples) // frame
+    if count == 0:
+        return samples
+    power = np.mean(samples[:count * frame].reshape(count, frame) ** 2, axis=1)
+    loud = np.flatnonzero(power >= np.max(power) * 10 ** (-WORD_RANGE_DB / 10))
+    margin = int(SAMPLE_RATE * WORD_MARGIN_SECONDS)
+    start = max(loud[0] * frame - margin, 0)
+    end = min((loud[-1] + 1) * frame + margin, len(samples))
+    return samples[start:end]
 
 
 FESTIVAL_VOICE_DIRS = "/usr/share/festival/voices"

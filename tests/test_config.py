@@ -105,7 +105,7 @@ def test_describe_lists_every_key():
      "about 6,400 examples"),
     ("bert", {"train_file": "a.csv", "validation_file": "b.csv"}, 1000, 2,
      "about 64,000 examples"),
-    ("speech", {}, 26, 50, "generated clips"),
+    ("speech", {}, 26, 40, "generated clips"),
     ("speech", {"data_dir": "x"}, 664, 10, "664 steps per epoch"),
 ])
 def test_epochs_left_to_the_recipe_follow_the_data(recipe, overrides, steps, epochs, why):

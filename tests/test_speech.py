@@ -3,6 +3,7 @@
 import hashlib
 import os
 import re
+import tempfile
 import wave
 
 import numpy as np
@@ -95,6 +96,44 @@ def test_generation_layout_audio_and_determinism(tmp_path, capsys):
         speaker: {"train"} for speaker in foreign_speakers}
 
 
+def test_trimming_keeps_a_quiet_final_consonant_and_drops_the_pauses():
+    generator = np.random.default_rng(0)
+
+    def noise(seconds, level_db):  # white noise at level_db below full scale (RMS)
+        return generator.standard_normal(int(seconds * 16000)) * 10 ** (level_db / 20)
+
+    # A diphone voice's pause floor (-45 dB), a 60 ms vowel, 20 ms of closure, a 30 ms
+    # release 23 dB below the vowel (ked's "up"), then the floor again.
+    vowel = tone(300, 0.06) * 2 * 10 ** (-3 / 20) / np.sqrt(2)
+    signal = np.concatenate([noise(0.3, -48), vowel, noise(0.02, -48), noise(0.03, -26),
+                             noise(0.3, -48)])
+    kept = speech_synthesis.trim_to_word(signal)
+    # the vowel, the closure and the release, plus 10 ms on each side
+    assert abs(len(kept) / 16000 - 0.13) < 0.011, len(kept) / 16000
+    assert np.array_equal(kept, signal[int(0.29 * 16000):int(0.29 * 16000) + len(kept)])
+
+
+def test_a_generated_word_keeps_its_final_stop():
+    # festival's ked voice says "up" as a 60 ms vowel and, 20 ms later, a quiet release;
+    # trimmed by loudness alone the clip was 50 ms of vowel.
+    voice = speech_synthesis.Voice("festival", "voice_ked_diphone", "festival-ked", "test",
+                                   ((1.0, 1.0),))
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "up.wav")
+        speech_synthesis._record(voice, "up", 0, path)
+        with wave.open(path) as reader:
+            samples = np.frombuffer(reader.readframes(reader.getnframes()), "<i2") / 32768.0
+    assert len(samples) / 16000 > 0.12
+    frames = samples[:len(samples) // 160 * 160].reshape(-1, 160)
+    loudness = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+    # the release: after the vowel has ended (a frame past the loudest one more than 20 dB
+    # down), a frame less than 30 dB down again
+    peak = int(np.argmax(loudness))
+    vowel_end = peak + np.flatnonzero(loudness[peak:] < loudness.max() - 20)
+    assert vowel_end.size and loudness[vowel_end[0]:].max() > loudness.max() - 30
+    assert np.max(np.abs(samples)) == pytest.approx(10 ** (-3 / 20), abs=0.01)
+
+
 @pytest.mark.fast
 def test_make_setup_installs_every_festival_voice_the_generator_uses():
     with open(os.path.join(PROJECT_ROOT, "Makefile")) as stream:
@@ -144,6 +183,22 @@ def test_band_mean_normalisation_removes_a_voice_or_channel_colouring():
     plain = np.abs(features(samples, "none") - features(coloured, "none")).mean()
     normalised = np.abs(features(samples, "band_mean") - features(coloured, "band_mean")).mean()
     assert normalised < plain / 10, (normalised, plain)
+
+
+@pytest.mark.fast
+def test_the_time_shift_moves_a_short_word_without_cutting_it():
+    # A word trimmed tight, as the generated clips are: training's time shift of up to
+    # 0.1 s either way must keep all of it in the window.
+    config = config_lib.build(speech.SpeechConfig, {"noise_probability": "0", "gain_db": "0"})
+    word = tone(440, 0.3)
+    fitted = speech.fit_length(tf.constant(word, tf.float32), 16000)
+    shifts = set()
+    for seed in range(40):
+        shifted = speech.augment_waveform(fitted, None, config, tf.constant([seed, 0], tf.int64))
+        shifted = shifted.numpy()
+        assert np.sum(shifted ** 2) == pytest.approx(np.sum(word ** 2), rel=1e-4), seed
+        shifts.add(int(np.flatnonzero(shifted)[0]))
+    assert len(shifts) > 20 and max(shifts) - min(shifts) > 2400  # it did move
 
 
 @pytest.mark.fast
@@ -251,8 +306,11 @@ def test_long_clips_are_centre_cropped_short_ones_padded_and_the_run_says_so(tmp
     kept = speech.fit_length(tf.audio.decode_wav(tf.io.read_file(path))[0][:, 0], 16000)
     assert float(tf.sqrt(tf.reduce_mean(kept ** 2))) > 0.3  # the tone, not the silence
     short = next(clip.path for clip in clips if clip.relative == "up/s0_nohash_0.wav")
-    padded = speech.fit_length(tf.audio.decode_wav(tf.io.read_file(short))[0][:, 0], 16000)
-    assert padded.shape == (16000,) and not np.any(padded.numpy()[9600:])  # zeros after 0.6 s
+    samples = tf.audio.decode_wav(tf.io.read_file(short))[0][:, 0].numpy()
+    padded = speech.fit_length(tf.constant(samples), 16000).numpy()
+    # centred: 0.2 s of zeros on each side, so a time shift does not cut the word off
+    assert padded.shape == (16000,) and np.array_equal(padded[3200:12800], samples)
+    assert not np.any(padded[:3200]) and not np.any(padded[12800:])
 
 
 @pytest.mark.fast

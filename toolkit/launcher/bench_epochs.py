@@ -3,7 +3,7 @@
     python -m toolkit.launcher.bench_epochs [--np=2] [--seeds=42] [--recipes=image,bert,speech]
 
 The recipes' schedules were tuned on their demo sets (image: 12 epochs of Fashion-MNIST's
-60,000 images; BERT: 1 epoch of 20,000 WordNet definitions; speech: 50 epochs of 4,800
+60,000 images; BERT: 1 epoch of 20,000 WordNet definitions; speech: 40 epochs of 4,800
 generated clips). Given data of their own,
 users get ``epochs=0``: the recipe chooses from the data (``choose_epochs``; the run's
 first line says what and why). This trains each recipe on a public data set that a
@@ -58,7 +58,7 @@ ASTERISK_VOICES = {"asterisk-core-sounds-en-wav": "en_US_f_Allison",
                    "asterisk-prompt-it-menardi-wav": "it_IT_f_Menardi"}
 # The epochs each recipe's defaults use on its demo set (recipes' FASHION_MNIST_EPOCHS,
 # bert's demo schedule, GENERATED_EPOCHS; a test keeps them equal).
-DEMO_EPOCHS = {"image": 12, "bert": 1, "speech": 50}
+DEMO_EPOCHS = {"image": 12, "bert": 1, "speech": 40}
 # Options given to every run of a recipe here (the task's, not the rule's).
 RECIPE_OPTIONS = {"speech": ["--band_normalisation=none", "--frequency_warp=0"]}
 
