@@ -100,8 +100,11 @@ def test_every_workers_cpu_and_memory_are_in_tensorboard_and_the_peaks_in_the_su
         assert list(peaks.values()) == sorted(peaks.values())  # never falls
         cpu = event_steps(trained_run, "train", f"system/cpu_percent/rank_{rank}")
         assert sorted(cpu) == sorted(rss)
-        # Training keeps a worker busy: more than a tenth of a core, at most the machine.
-        assert all(10 < value <= 100 * os.cpu_count() * 1.1 for value in cpu.values()), cpu
+        # Training keeps a worker busy: more than a tenth of a core on average, at most the
+        # machine. One sample can dip lower when other work shares the machine (6.9 % was
+        # seen with two training runs beside the suite), none is zero.
+        assert all(0 < value <= 100 * os.cpu_count() * 1.1 for value in cpu.values()), cpu
+        assert sum(cpu.values()) / len(cpu) > 10, cpu
     # No NVIDIA GPU here: no GPU series, and no error.
     assert not {tag for tag in event_tags(trained_run, "train") if tag.startswith("system/gpu")}
     assert len(summary["peak_rss_mb_per_rank"]) == 2
