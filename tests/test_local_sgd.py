@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from helpers import (TINY_IMAGE, event_steps, faults, kill_after_checkpoint, launch, read_json,
-                     tiny_arguments)
+from helpers import (TINY_IMAGE, event_steps, faults, horovodrun, kill_after_checkpoint, launch,
+                     read_json, results, tiny_arguments)
 from toolkit import recipe as recipe_lib
 
 pytestmark = pytest.mark.multiprocess
@@ -137,6 +137,20 @@ def test_a_local_sgd_run_killed_mid_epoch_then_rerun_gives_identical_weights(tmp
     assert resumed["resumed_from_step"] % STEPS_PER_EPOCH != 0, "resume was not mid-epoch"
     assert resumed["global_steps"] == expected["global_steps"] == 2 * STEPS_PER_EPOCH
     assert resumed["weights_sha256"] == expected["weights_sha256"]
+
+
+@pytest.mark.timeout(300)
+def test_an_averaging_gives_every_worker_the_mean_rank_0s_counters_and_all_verdicts():
+    """One round of collectives (distributed.average_variables_gathering): floating-point
+    variables become the mean over workers, counters rank 0's, and each worker's few
+    integers (local SGD's non-finite verdicts) reach every worker in rank order."""
+    by_rank = results(horovodrun(2, ["tests/workers/average_and_gather.py"]).stdout)
+    assert sorted(by_rank) == [0, 1]
+    for result in by_rank.values():
+        assert result["weights"] == pytest.approx([1.5, 3.0, 10.0])  # [1, 2, 10], [2, 4, 10]
+        assert result["counter"] == 100
+        assert result["shares"] == [[0, 0], [1, 7]]
+        assert result["bytes"] == 3 * 4  # the float variable only
 
 
 @pytest.mark.timeout(300)

@@ -222,32 +222,53 @@ def average_non_trainable(model):
 
 def average_variables(variables) -> int:
     """Replace every worker's floating-point ``variables`` by their average over workers
-    (one grouped allreduce) and the others (counters) by rank 0's; return the bytes
-    averaged."""
-    floating = [variable for variable in variables if variable.dtype.is_floating]
-    others = [variable for variable in variables if not variable.dtype.is_floating]
-    if floating:
-        _averager(floating)()
-    if others:
-        hvd_tf.broadcast_variables(others, root_rank=0)  # Horovod: rank 0's counters win
-    return sum(variable.shape.num_elements() * variable.dtype.size for variable in floating)
+    and the others (counters) by rank 0's; return the bytes averaged."""
+    return average_variables_gathering(variables, ())[0]
 
 
-# One traced averaging per list of variables: run eagerly, the grouped allreduce and the
-# assignments of a model's variables took 0.3 to 1 s per call on this machine (local SGD
-# averages every few steps). The functions hold their variables, so ids stay unique.
-_AVERAGERS: typing.Dict[typing.Tuple[int, ...], typing.Callable[[], None]] = {}
+def average_variables_gathering(variables, share: typing.Sequence[int],
+                                ) -> typing.Tuple[int, typing.List[typing.Tuple[int, ...]]]:
+    """:func:`average_variables`, and every worker's ``share`` (a few integers, the same
+    number on every worker) gathered in the same round of collectives; return the bytes
+    averaged and the shares in rank order.
+
+    The collectives (the grouped allreduce, rank 0's counters, the gathered shares) are
+    issued from one traced function, so Horovod negotiates them in one cycle; called
+    one after another, each waits for a cycle of its own (``allgather_object`` is two).
+    """
+    length = len(share)
+    gathered = _averager(variables, length)(tf.constant(list(share), tf.int64)).numpy()
+    shares = ([tuple(int(value) for value in row) for row in gathered.reshape(-1, length)]
+              if length else [])
+    return sum(variable.shape.num_elements() * variable.dtype.size
+               for variable in variables if variable.dtype.is_floating), shares
 
 
-def _averager(variables):
-    key = tuple(id(variable) for variable in variables)
+# Traced once per list of variables (and share length): run eagerly, the grouped allreduce
+# and the assignments of a model's variables took 0.3 to 1 s per call on this machine
+# (local SGD averages every few steps). The functions hold their variables, so ids stay
+# unique.
+_AVERAGERS: typing.Dict[typing.Tuple[typing.Tuple[int, ...], int], typing.Callable] = {}
+
+
+def _averager(variables, share_length):
+    key = (tuple(id(variable) for variable in variables), share_length)
     if key not in _AVERAGERS:
-        def average():
-            # Horovod: one grouped allreduce for all of them.
-            averaged = hvd_tf.grouped_allreduce([variable.value() for variable in variables],
-                                                op=hvd_tf.Average)
-            for variable, value in zip(variables, averaged):
-                variable.assign(value)
+        floating = [variable for variable in variables if variable.dtype.is_floating]
+        others = [variable for variable in variables if not variable.dtype.is_floating]
+
+        def average(share):
+            if floating:
+                # Horovod: one grouped allreduce for all of them.
+                averaged = hvd_tf.grouped_allreduce([variable.value() for variable in floating],
+                                                    op=hvd_tf.Average)
+                for variable, value in zip(floating, averaged):
+                    variable.assign(value)
+            for variable in others:
+                # Horovod: rank 0's counters win.
+                variable.assign(hvd_tf.broadcast(variable.value(), root_rank=0))
+            # Horovod: every worker's share, in rank order.
+            return hvd_tf.allgather(share) if share_length else share
 
         _AVERAGERS[key] = _traced_without_autograph(average)
     return _AVERAGERS[key]

@@ -79,8 +79,13 @@ class Synchronisation:
         else:
             self._count(distributed.average_non_trainable(model))
 
-    def average_weights(self, model: keras.Model) -> None:
-        self._count(distributed.average_variables(model.variables))
+    def average_weights(self, model: keras.Model, share: typing.Sequence[int]
+                        ) -> typing.List[typing.Tuple[int, ...]]:
+        """Average the model's variables; return every worker's ``share``, gathered in
+        the same round of collectives."""
+        bytes_averaged, shares = distributed.average_variables_gathering(model.variables, share)
+        self._count(bytes_averaged)
+        return shares
 
     def _count(self, bytes_averaged: int) -> None:
         if bytes_averaged:
@@ -122,9 +127,9 @@ class SynchronisationCallback(keras.callbacks.Callback):
             sync.gradients.every_step = False
             self.model.train_function = self.model.make_train_function(force=True)
         if sync.averages_after(self.step):
-            sync.average_weights(self.model)
-            self.nonfinite.agree(distributed.allgather_object(
-                self.nonfinite.local_verdict()))
+            # The workers' non-finite verdicts travel with the averaging.
+            self.nonfinite.agree(sync.average_weights(self.model,
+                                                      self.nonfinite.local_verdict()))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
