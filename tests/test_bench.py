@@ -32,6 +32,10 @@ def test_bench_measures_every_configuration_and_writes_its_report(tmp_path):
         assert row["samples_per_second"] > 0 and len(results["raw"][row["name"]]) == 1
         # The timed steps are the ones asked for, not the warm-up.
         assert len(results["raw"][row["name"]][0]["step_seconds"]) == 3
+    # Ours and its peers compute in one precision (the toolkit's choice for this machine).
+    precisions = {results["raw"][row["name"]][0]["precision"] for row in results["rows"]
+                  if not row["name"].startswith("pipeline")}
+    assert len(precisions) == 1, precisions
     efficiency = next(row for row in results["rows"]
                       if row["name"] == "ours-synthetic-np2")["scaling_efficiency"]
     assert 0 < efficiency < 2

@@ -54,6 +54,16 @@ def set_threads(threads, pin_index=None):
     tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
 
 
+def set_precision(config):
+    """The precision a toolkit run would choose (``mixed_precision``), so that the peers
+    compute in the same precision as ours (bfloat16 where the hardware has it, by
+    default); without it they ran float32 against our bfloat16."""
+    gpus = tf.config.list_physical_devices("GPU")
+    policy = runtime.precision_policy(config, gpus[0].name if gpus else None)
+    if policy != "float32":
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def endless_batches(data):
     """This worker's training batches, epoch after epoch, for as long as asked."""
     return data.train.batches(0, 0, 1 << 30)
@@ -74,6 +84,7 @@ def report(mode, options, times, world_size, batch_size_per_worker, model=None):
     print("RESULT " + json.dumps({
         "mode": mode, "data": options.data, "workers": world_size, "threads": options.threads,
         "pinned": bool(options.pin), "batch_size_per_worker": batch_size_per_worker,
+        "precision": keras.mixed_precision.global_policy().name,
         "step_seconds": times, **sizes}), flush=True)
 
 
@@ -126,6 +137,7 @@ def build_plain(recipe, config, data):
 
 def run_plain(options, recipe, config):
     set_threads(options.threads, 0 if options.pin else None)
+    set_precision(config)
     keras.utils.set_random_seed(config.seed)
     data = recipe.build_data(config, data_lib.Shard())
     model = build_plain(recipe, config, data)
@@ -138,6 +150,7 @@ def run_plain(options, recipe, config):
 def run_mwms(options, recipe, config):
     task = json.loads(os.environ["TF_CONFIG"])["task"]
     set_threads(options.threads, task["index"] if options.pin else None)
+    set_precision(config)
     keras.utils.set_random_seed(config.seed)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     workers = strategy.num_replicas_in_sync
